@@ -1,0 +1,364 @@
+"""One typed config tree for every entry point: presets, dotted ``key=value`` overrides, validation.
+
+A run is fully described by a :class:`Config`. It is built from the defaults below, then a preset
+file (``experiments/configs/<name>.yaml`` or any YAML/JSON path), then command-line overrides such
+as ``strategy.alpha=1 rounds=100``. Values are typed from the schema, and every mistake is a
+:class:`ConfigError` that names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+DEFAULT_PRESET = "synthetic"
+
+
+class ConfigError(ValueError):
+    """A config key, value or file is wrong; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server aggregation (FEDVSSL paper convention unless ``name`` is ``flower-compat``)."""
+
+    name: Literal["fedvssl", "fedavg", "loss", "flower-compat"] = "fedvssl"
+    alpha: float = 0.9  # weight of the loss-based mean; 1 - alpha weights FedAvg
+    beta: Literal[0, 1] = 1  # 1: average with the previous global from round 2 on ("SWA")
+    decay: float = 0.5  # weight of the previous global when beta=1 (0.5 in the paper)
+    shared: Literal["backbone", "all"] = "backbone"  # which weights are aggregated and broadcast
+    mix_coeff: float = 0.9  # flower-compat only: the baseline's FedAvg factor
+    swbeta: Literal[0, 1] = 1  # flower-compat only: the baseline's SWA switch
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Local training of one client in one round, and the resources of its Ray actor."""
+
+    batch_size: int = 4
+    local_epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 40.0  # max global L2 norm of the gradient; 0 disables clipping
+    num_gpus: float = 0.0  # per actor; fractional values share a GPU
+    num_cpus: float = 1.0  # per actor, as scheduled by Ray
+    num_actors: int = 0  # 0: one actor per GPU, or per two CPU cores, capped by clients_per_round
+    torch_threads: int = 0  # per actor; 0: the machine's cores divided among the actors
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the videos are and how a client's clips are made."""
+
+    dataset: Literal["synthetic", "ucf101", "hmdb51", "kinetics400"] = "synthetic"
+    root: str = "data/synthetic"  # prepared dataset directory (holds manifests/)
+    split: int = 1
+    clip_len: int = 16
+    crop_size: int = 112
+    partition: Literal["iid", "k400-noniid", "classes", "dirichlet"] = "iid"
+    partition_dir: str = ""  # existing client_dist{k}.json files; empty: partition the manifest
+    dirichlet_alpha: float = 0.1
+    classes_per_client: int = 2
+    loader: Literal["local", "ray_data"] = "local"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The video backbone under the CtP head."""
+
+    backbone: Literal["r3d_18", "r3d10_narrow"] = "r3d_18"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray: an address joins a running cluster, empty starts a local one."""
+
+    address: str = ""
+    num_cpus: int = 0  # local cluster only; 0: all cores
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a federated pretraining run."""
+
+    seed: int = 7
+    run_dir: str = ""  # empty: runs/<preset>-<timestamp>
+    rounds: int = 20
+    num_clients: int = 5
+    clients_per_round: int = 5
+    min_clients: int = 1  # a round with fewer successful updates is retried once, then stops
+    round_timeout_s: float = 0.0  # 0: no deadline
+    resume: bool = False
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# schema introspection
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, in declaration order."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if _is_section(tp):
+            keys.extend(all_keys(tp, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{where}{hint} (see --help for all keys)")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Type ``value`` (a string from the command line, or a YAML scalar) as the schema says."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        typed = _coerce(key, value, type(choices[0]))
+        if typed not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
+        return typed
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported schema type for {key}: {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}={value!r} is not an integer")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__}")
+        return "" if value is None else str(value)
+    raise TypeError(f"unsupported schema type for {key}: {tp}")
+
+
+# ---------------------------------------------------------------------------------------------
+# building a config
+
+
+def _apply(cfg: Any, key: str, value: Any, where: str = "", prefix: str = "") -> Any:
+    """Return a copy of the dataclass ``cfg`` with dotted ``key`` set to ``value`` (typed).
+
+    A mapping value sets several keys of a section at once (as in preset files).
+    """
+    head, _, rest = key.partition(".")
+    types_ = _field_types(type(cfg))
+    if head not in types_:
+        raise _unknown_key_error(prefix + key, where)
+    tp = types_[head]
+    if not _is_section(tp):
+        if rest:
+            raise _unknown_key_error(prefix + key, where)
+        if isinstance(value, Mapping):
+            raise ConfigError(f"{prefix}{key}{where} must be a single value, got a mapping")
+        return dataclasses.replace(cfg, **{head: _coerce(prefix + key, value, tp)})
+    section = getattr(cfg, head)
+    if rest:
+        section = _apply(section, rest, value, where, f"{prefix}{head}.")
+    elif isinstance(value, Mapping):
+        for sub_key, sub_value in value.items():
+            section = _apply(section, str(sub_key), sub_value, where, f"{prefix}{head}.")
+    else:
+        keys = ", ".join(all_keys(tp, f"{prefix}{head}."))
+        raise ConfigError(f"{prefix}{head!s} is a section; set one of its keys: {keys}")
+    return dataclasses.replace(cfg, **{head: section})
+
+
+def _apply_mapping(cfg: Config, values: Mapping[str, Any], where: str) -> Config:
+    for key, value in values.items():
+        cfg = _apply(cfg, str(key), value, where)
+    return cfg
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``experiments/configs/``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(preset: str) -> Path:
+    """Resolve a preset name or a YAML/JSON file path to an existing file."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml", ".json"):
+        if not candidate.is_file():
+            raise ConfigError(f"config file {str(candidate)!r} does not exist")
+        return candidate
+    named = PRESET_DIR / f"{preset}.yaml"
+    if not named.is_file():
+        raise ConfigError(
+            f"unknown preset {preset!r}; choose one of {preset_names()} or give a .yaml/.json path"
+        )
+    return named
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain mapping (safe loaders only)."""
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return dict(data)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split one ``key=value`` command-line override."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. strategy.alpha=1)")
+    return key.strip(), value
+
+
+def load_config(preset: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the preset file, then ``key=value`` overrides; validated."""
+    path = preset_path(preset)
+    cfg = _apply_mapping(Config(), read_config_file(path), f" in {path}")
+    for text in overrides:
+        key, value = parse_override(text)
+        cfg = _apply(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: Mapping[str, Any], where: str = "") -> Config:
+    """Rebuild a validated config from :func:`config_to_dict` output (e.g. a saved run)."""
+    cfg = _apply_mapping(Config(), values, where)
+    validate(cfg)
+    return cfg
+
+
+def override(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with keys replaced; ``__`` in an argument name stands for a dot."""
+    for name, value in dotted.items():
+        cfg = _apply(cfg, name.replace("__", "."), value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks the types alone cannot express."""
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    require(cfg.rounds >= 1, f"rounds={cfg.rounds} must be >= 1")
+    require(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be >= 1")
+    require(
+        1 <= cfg.clients_per_round <= cfg.num_clients,
+        f"clients_per_round={cfg.clients_per_round} must be in [1, num_clients={cfg.num_clients}]",
+    )
+    require(
+        1 <= cfg.min_clients <= cfg.clients_per_round,
+        f"min_clients={cfg.min_clients} must be in [1, clients_per_round={cfg.clients_per_round}]",
+    )
+    require(cfg.round_timeout_s >= 0, "round_timeout_s must be >= 0 (0 disables the deadline)")
+    s = cfg.strategy
+    require(0.0 <= s.alpha <= 1.0, f"strategy.alpha={s.alpha} must be in [0, 1]")
+    require(0.0 < s.decay < 1.0, f"strategy.decay={s.decay} must be in (0, 1)")
+    require(0.0 <= s.mix_coeff <= 1.0, f"strategy.mix_coeff={s.mix_coeff} must be in [0, 1]")
+    c = cfg.client
+    require(c.batch_size >= 1, f"client.batch_size={c.batch_size} must be >= 1")
+    require(c.local_epochs >= 1, f"client.local_epochs={c.local_epochs} must be >= 1")
+    require(c.lr > 0, f"client.lr={c.lr} must be > 0")
+    require(c.momentum >= 0, f"client.momentum={c.momentum} must be >= 0")
+    require(c.weight_decay >= 0, f"client.weight_decay={c.weight_decay} must be >= 0")
+    require(c.grad_clip >= 0, f"client.grad_clip={c.grad_clip} must be >= 0 (0 disables it)")
+    require(c.num_gpus >= 0 and c.num_cpus >= 0, "client.num_gpus and client.num_cpus must be >= 0")
+    require(c.num_actors >= 0, f"client.num_actors={c.num_actors} must be >= 0 (0: automatic)")
+    require(c.torch_threads >= 0, f"client.torch_threads={c.torch_threads} must be >= 0")
+    d = cfg.data
+    require(
+        d.clip_len >= 8 and d.clip_len % 8 == 0,
+        f"data.clip_len={d.clip_len} must be a multiple of 8 (the backbone's temporal stride)",
+    )
+    require(
+        d.crop_size >= 32 and d.crop_size % 16 == 0,
+        f"data.crop_size={d.crop_size} must be a multiple of 16, at least 32",
+    )
+    require(d.split in (1, 2, 3), f"data.split={d.split} is not allowed; choose one of [1, 2, 3]")
+    require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha={d.dirichlet_alpha} must be > 0")
+    require(d.classes_per_client >= 1, "data.classes_per_client must be >= 1")
+    require(cfg.ray.num_cpus >= 0, "ray.num_cpus must be >= 0 (0: all cores)")
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as nested plain data, ready for JSON or YAML."""
+    return dataclasses.asdict(cfg)
+
+
+def format_config(cfg: Config) -> str:
+    """Human-readable YAML of the fully resolved config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def describe_keys() -> str:
+    """One line per key with its type and default, for ``--help``."""
+    lines = []
+    defaults = config_to_dict(Config())
+
+    def walk(cls: type, node: Mapping[str, Any], prefix: str) -> None:
+        for name, tp in _field_types(cls).items():
+            if _is_section(tp):
+                walk(tp, node[name], f"{prefix}{name}.")
+                continue
+            if typing.get_origin(tp) is Literal:
+                kind = "|".join(str(c) for c in typing.get_args(tp))
+            else:
+                kind = tp.__name__
+            lines.append(f"  {prefix}{name:<22} {kind:<40} default {node[name]!r}")
+
+    walk(Config, defaults, "")
+    return "\n".join(lines)
