@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 from fedvssl_ray.config import (
     DEFAULT_PRESET,
@@ -44,3 +46,60 @@ def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> 
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def exit_on_error(fn, *args, **kwargs):
+    """Call ``fn``; a user mistake (bad config, missing data, occupied run dir) exits 2."""
+    from fedvssl_ray.data.shards import DatasetMissingError
+    from fedvssl_ray.run_dir import RunDirError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ConfigError, RunDirError, DatasetMissingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class ProgressPrinter:
+    """Prints progress events of a run: rounds, clients done, losses, ETA, final summary."""
+
+    def __init__(self, cfg: Config, launched: float) -> None:
+        self.cfg = cfg
+        self.launched = launched
+        self.round_times: list[float] = []
+
+    def __call__(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "shards":
+            print(event["summary"], flush=True)
+        elif kind == "actors_ready":
+            print(f"{event['num_actors']} client actor(s) ready "
+                  f"({time.perf_counter() - self.launched:.1f} s after launch)", flush=True)
+        elif kind == "resumed":
+            print(f"resuming after round {event['round']}", flush=True)
+        elif kind == "round_start":
+            print(f"round {event['round']}/{event['rounds']}: clients {event['clients']} "
+                  f"(started {time.perf_counter() - self.launched:.1f} s after launch)", flush=True)
+        elif kind == "client_done":
+            print(f"  client {event['client']:>4} done ({event['done']}/{event['total']}) "
+                  f"loss {event['loss']:.4f}", flush=True)
+        elif kind == "client_failed":
+            print(f"  client {event['client']:>4} FAILED: {event['error']}", flush=True)
+        elif kind == "retry":
+            print("  too few clients succeeded; retrying the round once", flush=True)
+        elif kind == "round_end":
+            self.round_times.append(event["round_s"])
+            left = event["rounds"] - event["round"]
+            eta = left * sum(self.round_times) / len(self.round_times)
+            loss = "n/a" if event["mean_loss"] is None else f"{event['mean_loss']:.4f}"
+            print(f"round {event['round']}/{event['rounds']} {event['status']}: mean loss {loss}, "
+                  f"{event['round_s']:.1f} s, ETA {eta:.0f} s", flush=True)
+
+    def final(self, summary: dict) -> None:
+        losses = ", ".join(f"{x:.4f}" if x is not None else "n/a"
+                           for x in summary["loss_per_round"])
+        print(f"done: {summary['rounds']} rounds in {time.perf_counter() - self.launched:.1f} s")
+        print(f"mean CtP loss per round: {losses}")
+        print(f"final global checkpoint: {summary['checkpoint']}")
+        print(f"metrics: {Path(summary['run_dir']) / 'metrics.jsonl'}; "
+              f"summary: {Path(summary['run_dir']) / 'summary.json'}")

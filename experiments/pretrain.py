@@ -1,28 +1,98 @@
 """Federated CtP pretraining of a video backbone (FedVSSL) on Ray.
 
-    python experiments/pretrain.py                       # built-in synthetic data, local Ray
-    python experiments/pretrain.py --config ucf101 data.root=/data/ucf101 strategy.alpha=1
+examples:
+  python experiments/pretrain.py                        # built-in synthetic data, local Ray
+  python experiments/pretrain.py --config ucf101 data.root=/data/ucf101 strategy.alpha=1
+  python experiments/pretrain.py --resume runs/synthetic-20261125-101500 rounds=8
+  python experiments/pretrain.py --engine plain         # same rounds in this process, no Ray
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 
-from common import config_parser, resolve_config
+from common import ProgressPrinter, config_parser, exit_on_error, resolve_config
 
-from fedvssl_ray.config import format_config
+from fedvssl_ray.config import Config, apply_overrides, format_config, override
+from fedvssl_ray.data.shards import ClientShards, ensure_dataset
+from fedvssl_ray.run_dir import RunDir
+
+
+def parse_args(argv: list[str] | None):
+    parser = config_parser(__doc__)
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted run from its last complete round (overrides still apply, "
+             "e.g. rounds=N to extend it)",
+    )
+    parser.add_argument(
+        "--engine", choices=["ray", "plain"], default="ray",
+        help="ray: client actors driven by a driver actor (default); plain: the same rounds "
+             "sequentially in this process, the reference for correctness and speed",
+    )
+    return parser.parse_args(argv)
+
+
+def resolve_run(args) -> tuple[Config, RunDir]:
+    """The config and run directory: a new run, or a saved one to resume."""
+    if args.resume:
+        run_dir = RunDir(args.resume)
+        saved = exit_on_error(run_dir.read_config)
+        extra = ["resume=true", f"run_dir={run_dir.path}"]
+        return exit_on_error(apply_overrides, saved, [*args.overrides, *extra]), run_dir
+    cfg = resolve_config(args)
+    if cfg.resume and not cfg.run_dir:
+        print("config error: resume=true needs run_dir=... (or use --resume RUN_DIR)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if not cfg.run_dir:
+        stem = Path(args.config).stem
+        cfg = override(cfg, run_dir=f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg, RunDir(cfg.run_dir)
+
+
+def start_ray(cfg: Config) -> None:
+    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally."""
+    import ray
+
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser(__doc__)
-    args = parser.parse_args(argv)
-    cfg = resolve_config(args)
+    launched = time.perf_counter()
+    args = parse_args(argv)
+    cfg, run_dir = resolve_run(args)
     if args.print_config:
         print(format_config(cfg), end="")
         return 0
-    print(format_config(cfg), end="")
-    print("the federated engine is not available yet; nothing was run", file=sys.stderr)
-    return 2
+    exit_on_error(ensure_dataset, cfg)
+    if cfg.resume:
+        exit_on_error(run_dir.write_config, cfg)
+    else:
+        exit_on_error(run_dir.create, cfg)
+    progress = ProgressPrinter(cfg, launched)
+    print(f"run directory: {run_dir.path}")
+    if args.engine == "plain":
+        from fedvssl_ray.training.plain import run_plain
+
+        shards = ClientShards.from_config(cfg)
+        progress({"type": "shards", "summary": shards.summary()})
+        summary = run_plain(cfg, run_dir, shards.stream_factory(), progress)
+    else:
+        from fedvssl_ray.actors.driver import run_on_ray, start_driver
+
+        start_ray(cfg)
+        summary = run_on_ray(start_driver(cfg, run_dir.path), progress)
+    progress.final(summary)
+    return 0
 
 
 if __name__ == "__main__":

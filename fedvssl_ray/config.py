@@ -54,7 +54,8 @@ class ClientConfig:
     num_gpus: float = 0.0  # per actor; fractional values share a GPU
     num_cpus: float = 1.0  # per actor, as scheduled by Ray
     num_actors: int = 0  # 0: one actor per GPU, or per two CPU cores, capped by clients_per_round
-    torch_threads: int = 0  # per actor; 0: the machine's cores divided among the actors
+    torch_threads: int = 0  # per actor; 0: the cores divided among the actors still busy
+    max_cached_clients: int = 16  # per actor: clients whose head and shard stay in memory
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,11 @@ def load_config(preset: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> 
     """Defaults, then the preset file, then ``key=value`` overrides; validated."""
     path = preset_path(preset)
     cfg = _apply_mapping(Config(), read_config_file(path), f" in {path}")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """A copy of ``cfg`` with ``key=value`` texts applied in order; validated."""
     for text in overrides:
         key, value = parse_override(text)
         cfg = _apply(cfg, key, value)
@@ -315,6 +321,7 @@ def validate(cfg: Config) -> None:
     require(c.num_gpus >= 0 and c.num_cpus >= 0, "client.num_gpus and client.num_cpus must be >= 0")
     require(c.num_actors >= 0, f"client.num_actors={c.num_actors} must be >= 0 (0: automatic)")
     require(c.torch_threads >= 0, f"client.torch_threads={c.torch_threads} must be >= 0")
+    require(c.max_cached_clients >= 1, "client.max_cached_clients must be >= 1")
     d = cfg.data
     require(
         d.clip_len >= 8 and d.clip_len % 8 == 0,

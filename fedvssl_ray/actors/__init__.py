@@ -1,0 +1,1 @@
+"""Everything that knows about Ray actors: client actors, their pool, and the driver actor."""

@@ -1,0 +1,91 @@
+"""The driver actor: runs the federated round loop on Ray and streams progress to the script."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..config import Config
+from ..data.shards import ClientShards
+from ..run_dir import RunDir
+from ..training.rounds import FederatedRun
+from .pool import RayRunner
+
+
+class Driver:
+    """Owns the client pool and the round loop; ``events`` can be polled while ``run`` runs."""
+
+    def __init__(
+        self, cfg: Config, run_dir: str, crash_on: Iterable[tuple[int, int]] = ()
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = RunDir(run_dir)
+        self.crash_on = list(crash_on)
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.runner: RayRunner | None = None
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event = {"t": time.time(), **event}
+        with self._lock:
+            self._events.append(event)
+
+    def events(self, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        """Progress events after ``cursor``, and the new cursor."""
+        with self._lock:
+            return self._events[cursor:], len(self._events)
+
+    def run(self) -> dict[str, Any]:
+        """Build the shards and the actors, then run (or resume) every round."""
+        started = time.perf_counter()
+        shards = ClientShards.from_config(self.cfg)
+        self._emit({"type": "shards", "summary": shards.summary()})
+        self.runner = RayRunner(
+            self.cfg, shards.stream_factory(), shards.steps_per_client(), self.crash_on
+        )
+        self._emit({"type": "actors_ready", "num_actors": self.runner.num_actors,
+                    "setup_s": time.perf_counter() - started})
+        try:
+            return FederatedRun(self.cfg, self.run_dir, self.runner, self._emit).run()
+        finally:
+            self.runner.close()
+
+    def actor_memory(self) -> list[dict[str, float]]:
+        """Peak memory of every client actor (empty before ``run`` built them)."""
+        return self.runner.memory() if self.runner else []
+
+
+RemoteDriver = ray.remote(Driver)
+
+
+def start_driver(
+    cfg: Config, run_dir: str | Path, crash_on: Iterable[tuple[int, int]] = ()
+) -> ray.actor.ActorHandle:
+    """The driver actor, on this node (it writes the run directory), holding no CPU."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return RemoteDriver.options(
+        num_cpus=0, max_concurrency=4, scheduling_strategy=here
+    ).remote(cfg, str(run_dir), list(crash_on))
+
+
+def run_on_ray(
+    driver: ray.actor.ActorHandle,
+    on_event: Callable[[dict[str, Any]], None],
+    poll_s: float = 0.5,
+) -> dict[str, Any]:
+    """Run the driver to completion, passing each progress event to ``on_event``."""
+    done = driver.run.remote()
+    cursor = 0
+    while True:
+        finished, _ = ray.wait([done], timeout=poll_s)
+        events, cursor = ray.get(driver.events.remote(cursor))
+        for event in events:
+            on_event(event)
+        if finished:
+            return ray.get(done)

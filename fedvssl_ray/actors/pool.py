@@ -1,0 +1,178 @@
+"""The Ray runner: a pool of persistent client actors trained in parallel each round.
+
+Clients have a stable home actor (so its cached shard and head are reused); a round's clients
+are spread so that no actor idles while another has work queued, and an actor whose peers ran
+out of work gets their torch threads for its next client. One ``ray.put`` of the global per
+round; results are gathered with ``ray.wait`` and an optional deadline. A client whose actor dies
+or raises is dropped from the round; the actor restarts (``max_restarts``) and its clients'
+heads are sent again from the driver on their next round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from ..config import Config
+from ..models import Weights
+from ..training.client import ClientResult, NeedHead
+from ..training.rounds import EventSink, HeadSource, RoundOutcome
+from .client_actor import RemoteClientActor
+
+
+def plan_actors(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> int:
+    """How many client actors to start: config, else one per GPU share or per two CPU cores."""
+    if cfg.client.num_actors:
+        return min(cfg.client.num_actors, cfg.num_clients)
+    if cfg.client.num_gpus > 0:
+        fit = int(cluster_gpus // cfg.client.num_gpus)
+    else:
+        fit = int(cluster_cpus // 2)
+    return max(1, min(fit, cfg.clients_per_round))
+
+
+def assign_round(
+    client_ids: Sequence[int], steps: Mapping[int, int], home: Mapping[int, int], num_actors: int
+) -> list[list[int]]:
+    """Queues of clients per actor: home actors where that keeps the load even, else the
+    least-loaded actor (longest clients placed first)."""
+    total = sum(steps[c] for c in client_ids)
+    target = max(math.ceil(total / num_actors), max((steps[c] for c in client_ids), default=0))
+    queues: list[list[int]] = [[] for _ in range(num_actors)]
+    load = [0] * num_actors
+    for c in sorted(client_ids, key=lambda c: (-steps[c], c)):
+        actor = home[c]
+        if load[actor] + steps[c] > target:
+            actor = min(range(num_actors), key=lambda a: (load[a], a))
+        queues[actor].append(c)
+        load[actor] += steps[c]
+    return [sorted(q) for q in queues]
+
+
+class RayRunner:
+    """Creates the client actors once and trains each round's clients on them."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        stream_factory,
+        client_steps: Mapping[int, int],
+        crash_on: Iterable[tuple[int, int]] = (),
+    ) -> None:
+        self.cfg = cfg
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        self.num_actors = plan_actors(cfg, cpus, gpus)
+        # torch threads shared by the actors: the whole machine on one node, else their CPU share
+        alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        per_actor = max(1, int(cfg.client.num_cpus))
+        self.thread_budget = int(cpus) if alive_nodes <= 1 else self.num_actors * per_actor
+        self.client_steps = dict(client_steps)
+        factory_ref = ray.put(stream_factory)
+        options = {
+            "num_cpus": cfg.client.num_cpus,
+            "num_gpus": cfg.client.num_gpus,
+            "max_restarts": -1,
+            "max_task_retries": 0,  # an update is never computed twice
+        }
+        crash = list(crash_on)
+        self.actors = [
+            RemoteClientActor.options(**options).remote(cfg, factory_ref, crash)
+            for _ in range(self.num_actors)
+        ]
+        self.home = {c: c % self.num_actors for c in range(cfg.num_clients)}
+        self.actor_info = ray.get([a.ready.remote() for a in self.actors])
+
+    def _threads(self, busy_actors: int) -> int:
+        if self.cfg.client.torch_threads:
+            return self.cfg.client.torch_threads
+        if self.cfg.client.num_gpus > 0:
+            return max(1, int(self.cfg.client.num_cpus))
+        return max(1, self.thread_budget // max(1, busy_actors))
+
+    def run_round(
+        self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],
+        heads: HeadSource, emit: EventSink,
+    ) -> RoundOutcome:
+        start = time.perf_counter()
+        global_ref = ray.put(global_weights)
+        broadcast_s = time.perf_counter() - start
+        queues = assign_round(client_ids, self.client_steps, self.home, self.num_actors)
+        pending: dict[ray.ObjectRef, tuple[int, int]] = {}
+        results: list[ClientResult] = []
+        failures: dict[int, str] = {}
+        deadline = start + self.cfg.round_timeout_s if self.cfg.round_timeout_s else None
+
+        def dispatch(actor: int, client_id: int, head=None) -> None:
+            busy = {a for a, _ in pending.values()} | {a for a, q in enumerate(queues) if q}
+            busy.add(actor)
+            ref = self.actors[actor].train.remote(
+                global_ref, round_idx, client_id, head_version=heads.version(client_id),
+                head=head, threads=self._threads(len(busy)),
+            )
+            pending[ref] = (actor, client_id)
+
+        for actor, queue in enumerate(queues):
+            if queue:
+                dispatch(actor, queue.pop(0))
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            if not ready:
+                self._expire(pending, queues, failures, round_idx, emit)
+                break
+            actor, client_id = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except (RayActorError, RayTaskError, GetTimeoutError) as err:
+                failures[client_id] = _describe(err)
+                emit({"type": "client_failed", "round": round_idx, "client": client_id,
+                      "error": failures[client_id]})
+            else:
+                if isinstance(result, NeedHead):
+                    dispatch(actor, client_id, head=ray.put(heads.get(client_id)))
+                    continue
+                results.append(result)
+                emit({"type": "client_done", "round": round_idx, "client": client_id,
+                      "loss": result.update.loss, "done": len(results) + len(failures),
+                      "total": len(client_ids)})
+            if queues[actor]:
+                dispatch(actor, queues[actor].pop(0))
+        timings = {"broadcast_s": broadcast_s, "train_s": time.perf_counter() - start - broadcast_s}
+        return RoundOutcome(results, failures, timings)
+
+    def _expire(self, pending, queues, failures, round_idx: int, emit: EventSink) -> None:
+        """The deadline passed: drop late and queued clients; restart the late actors."""
+        late = {c: f"timed out after round_timeout_s={self.cfg.round_timeout_s}"
+                for _, c in pending.values()}
+        late.update({c: "not started before the round deadline" for q in queues for c in q})
+        for actor in {a for a, _ in pending.values()}:
+            ray.kill(self.actors[actor], no_restart=False)
+        for queue in queues:
+            queue.clear()
+        pending.clear()
+        failures.update(late)
+        for client_id, message in late.items():
+            emit({"type": "client_failed", "round": round_idx, "client": client_id,
+                  "error": message})
+
+    def memory(self) -> list[dict[str, float]]:
+        """Peak memory per actor (for the scaling benchmark)."""
+        return ray.get([a.memory.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, RayActorError):
+        return f"client actor died: {str(err).splitlines()[0][:300]}"
+    if isinstance(err, RayTaskError):
+        cause = err.cause if getattr(err, "cause", None) is not None else err
+        return f"{type(cause).__name__}: {str(cause).splitlines()[-1][:300]}"
+    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,271 @@
+"""Safe, atomic checkpoint files, and an importer for the Flower baseline's checkpoints.
+
+Native checkpoints are ``.npz`` archives of named numeric arrays, written and read without
+pickle (``allow_pickle=False``). JSON metadata travels inside as a uint8 array under the
+reserved name ``__meta__``. Every write goes to a temporary file in the target directory, is
+fsynced and then renamed over the target, so a reader sees the old file or the new one, never
+a torn one.
+
+The Flower baseline saved ``np.savez(path, parameters)``: the only member ``arr_0`` is a 0-d
+object array holding a pickled ``flwr.common.typing.Parameters`` whose tensors are
+``.npy``-serialised bytes (the authors' files may instead hold a 1-D object array of
+ndarrays). Unpickling runs whatever the file embeds, so :func:`import_flower_checkpoint`
+unpickles with an allow-list: numpy's array-reconstruction callables, ``ndarray``,
+``dtype``, and ``Parameters`` mapped to a plain record. Anything else is refused by name.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+META_KEY = "__meta__"
+"""Reserved array name holding the JSON metadata of a native checkpoint."""
+
+PathLike = str | os.PathLike[str]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read safely; the message names the file."""
+
+
+# -- native checkpoints --------------------------------------------------------------------------
+
+
+def save_arrays(
+    path: PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None
+) -> None:
+    """Atomically write named numeric arrays (and optional JSON metadata) to a ``.npz`` file.
+
+    The file is written exactly at ``path`` (no suffix is added) and readable by
+    ``np.load(path, allow_pickle=False)``.
+    """
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key or key == META_KEY:
+            raise ValueError(f"invalid array name {key!r} (non-empty str other than {META_KEY!r})")
+        if not isinstance(value, np.ndarray) or value.dtype.hasobject:
+            raise ValueError(f"{key!r} must be a numeric numpy array, got {type(value).__name__}")
+    members = dict(arrays)
+    if meta is not None:
+        members[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+    def write(fh: IO[bytes]) -> None:
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, value in members.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)
+
+    _write_atomic(Path(path), write)
+
+
+def load_arrays(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`save_arrays`: (arrays in saved order, metadata or {})."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path}: not an .npz archive of named arrays")
+            with npz:
+                arrays = {key: npz[key] for key in npz.files}
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode()) if META_KEY in arrays else {}
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "checkpoint not found", str(path)) from None
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: corrupt or unsafe checkpoint ({err})") from err
+    return arrays, meta
+
+
+def save_json_atomic(path: PathLike, obj: Any) -> None:
+    """Atomically replace a small JSON file (config, summary, strategy state)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    _write_atomic(Path(path), lambda fh: fh.write(text.encode()))
+
+
+def append_jsonl(path: PathLike, obj: Any) -> None:
+    """Append ``obj`` as one JSON line, with a single write, flushed and fsynced."""
+    line = (json.dumps(obj) + "\n").encode()
+    with open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# -- Flower baseline checkpoints -----------------------------------------------------------------
+
+
+class FlowerParameters:
+    """Plain record standing in for ``flwr.common.typing.Parameters`` (no flwr needed)."""
+
+    tensors: list[bytes]
+    tensor_type: str
+
+
+def _array_rebuilders() -> dict[str, Any]:
+    sample = np.zeros(1)
+    return {
+        "_reconstruct": sample.__reduce__()[0],  # protocol <= 4 pickles
+        "_frombuffer": sample.__reduce_ex__(5)[0],  # protocol 5 pickles
+    }
+
+
+_REBUILD = _array_rebuilders()
+_ALLOWED: dict[tuple[str, str], Any] = {
+    **{
+        (mod, name): fn
+        for name, fn in _REBUILD.items()
+        for mod in (
+            "numpy.core.multiarray",
+            "numpy._core.multiarray",
+            "numpy.core.numeric",
+            "numpy._core.numeric",
+        )
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("flwr.common.typing", "Parameters"): FlowerParameters,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only allow-listed globals; any other name is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy arrays and flwr Parameters are allowed"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refusing to load a persistent id")
+
+
+def import_flower_checkpoint(path: PathLike) -> list[np.ndarray]:
+    """Arrays of a Flower-baseline checkpoint, in saved order (L, or 2L in FedVSSL mode).
+
+    Reads ``arr_0`` as a pickled ``Parameters`` (tensors decoded with
+    ``np.load(..., allow_pickle=False)``) or as a 1-D object array of ndarrays, through a
+    restricted unpickler.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if zf.namelist() != ["arr_0.npy"]:
+                raise CheckpointError(
+                    f"expected a single member arr_0.npy, got {zf.namelist()[:5]}"
+                )
+            payload = zf.read("arr_0.npy")
+        content = _unpickle_npy(io.BytesIO(payload))
+        return _decode_flower(content)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "checkpoint not found", str(path)) from None
+    except (
+        pickle.UnpicklingError,
+        OSError,
+        ValueError,
+        EOFError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        zipfile.BadZipFile,
+    ) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def _unpickle_npy(fh: io.BytesIO) -> Any:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        _, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise CheckpointError(f"unsupported .npy version {version}")
+    if not dtype.hasobject:
+        fh.seek(0)
+        return np.load(fh, allow_pickle=False)
+    return _RestrictedUnpickler(fh).load()
+
+
+def _decode_flower(content: Any) -> list[np.ndarray]:
+    if isinstance(content, np.ndarray) and content.dtype.hasobject and content.ndim == 0:
+        record = content.item()
+        if not isinstance(record, FlowerParameters):
+            raise CheckpointError(f"arr_0 holds a {type(record).__name__}, not flwr Parameters")
+        if getattr(record, "tensor_type", None) != "numpy.ndarray":
+            raise CheckpointError(
+                f"unsupported tensor_type {getattr(record, 'tensor_type', None)!r}"
+            )
+        tensors = getattr(record, "tensors", None)
+        if not isinstance(tensors, list) or not all(isinstance(t, bytes) for t in tensors):
+            raise CheckpointError("Parameters.tensors must be a list of bytes")
+        return [np.load(io.BytesIO(t), allow_pickle=False) for t in tensors]
+    if isinstance(content, np.ndarray) and content.dtype.hasobject and content.ndim == 1:
+        arrays = list(content)
+        for i, item in enumerate(arrays):
+            if not isinstance(item, np.ndarray) or item.dtype.hasobject:
+                raise CheckpointError(
+                    f"item {i} of arr_0 is a {type(item).__name__}, not a numeric array"
+                )
+        return arrays
+    raise CheckpointError(
+        "arr_0 is neither pickled flwr Parameters nor a 1-D object array of arrays"
+    )
+
+
+def flower_list_to_backbone(
+    arrays: Sequence[np.ndarray], backbone_keys_and_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, np.ndarray]:
+    """Name the first entries of a Flower list positionally, checking every shape.
+
+    ``backbone_keys_and_shapes`` lists the backbone keys in state-dict order (120 for R3D-18).
+    An L list and a 2L list both start with the backbone (in a 2L list, the scaled one clients
+    saw). Dtypes are kept: a 2L list stores ``num_batches_tracked`` as float64, which the
+    baseline truncated when loading.
+    """
+    spec = list(backbone_keys_and_shapes.items())
+    if len(arrays) < len(spec):
+        raise ValueError(
+            f"the list has {len(arrays)} arrays, fewer than the {len(spec)} backbone keys"
+        )
+    out = {}
+    for i, ((key, shape), array) in enumerate(zip(spec, arrays[: len(spec)], strict=True)):
+        if array.shape != tuple(shape):
+            raise ValueError(
+                f"array {i} has shape {array.shape}, but {key!r} expects {tuple(shape)}"
+            )
+        out[key] = array
+    return out

@@ -1,0 +1,1 @@
+"""Video data: decoding, manifests, preparation, partitions, clip sampling and transforms."""

@@ -1,0 +1,439 @@
+"""A client's CtP clip stream: shard cache, epoch plan, and two equivalent batch pipelines.
+
+* :class:`ShardCache` reads a shard's encoded videos from storage once and keeps them, in this
+  process's memory (``store="memory"``) or as one object-store entry per video
+  (``store="object_store"``, for Ray Data workers); each video is probed on arrival, and an
+  unreadable or corrupt one is logged by name, counted and left out (never fatal).
+* :func:`epoch_plan` is the seeded order of one epoch, padded to whole batches by repeating
+  its first entries (T = ceil(n/B) full iterations, as the FedVSSL baseline).
+* :func:`iter_ctp_batches` makes the batches in this process (optionally with a small thread
+  pool: PyAV and torch release the GIL); :func:`iter_ray_data_batches` makes the same clips in
+  Ray Data tasks. Both draw every sample's randomness from
+  ``sample_rng(seed, client, round, epoch, position)``, so they yield identical tensors.
+* :class:`ClipStream` is what a training actor keeps across rounds: ``batches(round, epoch)``.
+
+A video whose decode fails mid-epoch is dropped from its batch (which comes out smaller),
+logged, counted and left out of later epochs, identically in both pipelines.
+
+Ray Data on small machines: client actors may hold every CPU, and map tasks that ask for a CPU
+would then wait forever. The map tasks therefore reserve ``task_cpus=0`` CPUs by default and
+their concurrency is capped by ``workers`` (a ``TaskPoolStrategy``), so they always run, sharing
+the cores with the consumer; each sets torch to one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from fedvssl_ray.data import decode, frame_zip
+from fedvssl_ray.data.clips import sample_pretrain_clip, sample_rng
+from fedvssl_ray.data.transforms import CtpTrainPreset
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("imgs", "gt_trajs", "gt_weights")
+
+
+class VideoLike(Protocol):
+    """What the stream needs of a manifest record (``VideoRecord`` has it)."""
+
+    video_id: str
+    path: str
+
+
+ShardEntry = VideoLike | tuple[str, str]
+"""A record, or a ``(video_id, path)`` pair."""
+
+
+def _video_id(entry: ShardEntry) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry.video_id
+
+
+def read_path_bytes(entry: ShardEntry) -> bytes:
+    """Default storage reader: the bytes of the entry's ``path`` as given."""
+    return Path(entry[1] if isinstance(entry, tuple) else entry.path).read_bytes()
+
+
+@dataclass(frozen=True)
+class ShardVideo:
+    """A cached video: its id, its frame count (from the probe) and which reader opens it."""
+
+    video_id: str
+    num_frames: int
+    frame_zip: bool
+
+    def read_frames(self, data: decode.VideoSource, indices: Sequence[int]) -> np.ndarray:
+        reader = frame_zip.read_frames if self.frame_zip else decode.read_frames
+        return reader(data, indices, name=self.video_id)
+
+
+class ShardCache:
+    """The encoded bytes of one client's shard, read from storage once and kept.
+
+    ``reads`` counts storage reads; ``skipped`` lists ``(video_id, reason)`` of videos left out.
+    """
+
+    def __init__(
+        self,
+        entries: Iterable[ShardEntry],
+        read_bytes: Callable[[Any], bytes] | None = None,
+        *,
+        store: Literal["memory", "object_store"] = "memory",
+    ) -> None:
+        if store not in ("memory", "object_store"):
+            raise ValueError(f"unknown store {store!r}; choose one of ['memory', 'object_store']")
+        self.entries = list(entries)
+        self.store = store
+        self.reads = 0
+        self.skipped: list[tuple[str, str]] = []
+        self._read_bytes = read_bytes or read_path_bytes
+        self._videos: list[ShardVideo] | None = None
+        self._payloads: list[Any] = []
+        self._bad: set[int] = set()
+
+    def load(self) -> list[ShardVideo]:
+        """Read and probe every video once; later calls return the cached list."""
+        if self._videos is not None:
+            return self._videos
+        if self.store == "object_store":
+            import ray
+        videos = []
+        for entry in self.entries:
+            video_id = _video_id(entry)
+            is_zip = getattr(entry, "codec", "") == frame_zip.FRAME_ZIP_CODEC
+            try:
+                self.reads += 1
+                data = self._read_bytes(entry)
+                probe = frame_zip.probe_frame_zip if is_zip else decode.probe_video
+                info = probe(data, name=video_id)
+            except (OSError, decode.VideoDecodeError) as err:
+                self._skip(video_id, str(err))
+                continue
+            videos.append(ShardVideo(video_id, info.num_frames, is_zip))
+            if self.store == "object_store":
+                self._payloads.append(ray.put(np.frombuffer(data, np.uint8)))
+            else:
+                self._payloads.append(data)
+        self._videos = videos
+        return videos
+
+    def _skip(self, video_id: str, reason: str) -> None:
+        log.warning("skip %s: %s", video_id, reason)
+        self.skipped.append((video_id, reason))
+
+    @property
+    def videos(self) -> list[ShardVideo]:
+        """Every readable video (reads the shard on first use)."""
+        return self.load()
+
+    def usable(self) -> np.ndarray:
+        """Indices into :attr:`videos` of the videos still in use (not failed mid-epoch)."""
+        return np.array([i for i in range(len(self.videos)) if i not in self._bad], np.int64)
+
+    def payload(self, index: int) -> Any:
+        """The cached encoded video: ``bytes``, or an ``ObjectRef`` to a uint8 array."""
+        self.load()
+        return self._payloads[index]
+
+    def payloads(self) -> list[Any]:
+        self.load()
+        return list(self._payloads)
+
+    def mark_bad(self, index: int, reason: str) -> None:
+        """Leave a video out from now on (its decode failed); logged and counted once."""
+        if index not in self._bad:
+            self._bad.add(index)
+            self._skip(self.videos[index].video_id, reason)
+
+
+def epoch_plan(
+    num_videos: int,
+    *,
+    seed: int,
+    client_id: int,
+    round: int,
+    epoch: int,
+    batch_size: int,
+    pad: bool = True,
+) -> np.ndarray:
+    """Seeded permutation of ``range(num_videos)``; with ``pad``, repeated from its start up to
+    a multiple of ``batch_size`` (so every batch is full)."""
+    order = sample_rng(seed, client_id, round, epoch).permutation(num_videos)
+    if pad and num_videos:
+        order = np.resize(order, math.ceil(num_videos / batch_size) * batch_size)
+    return order
+
+
+def make_ctp_clip(
+    video: ShardVideo,
+    data: decode.VideoSource,
+    rng: np.random.Generator,
+    *,
+    preset: CtpTrainPreset,
+    clip_len: int,
+) -> dict[str, np.ndarray]:
+    """Sample frame indices, decode them, and apply the CtP preset (PatchMask included)."""
+    clip = sample_pretrain_clip(video.num_frames, rng, clip_len=clip_len)
+    return preset(video.read_frames(data, clip.indices), rng)
+
+
+@dataclass(frozen=True)
+class EpochKeys:
+    """What a sample's randomness depends on, besides its position in the epoch."""
+
+    seed: int
+    client_id: int
+    round: int
+    epoch: int
+
+    def rng(self, position: int) -> np.random.Generator:
+        return sample_rng(self.seed, self.client_id, self.round, self.epoch, position)
+
+
+def _try_clip(
+    video: ShardVideo,
+    data: decode.VideoSource,
+    position: int,
+    keys: EpochKeys,
+    preset: CtpTrainPreset,
+    clip_len: int,
+) -> dict[str, np.ndarray] | str:
+    """A clip, or the decode error's message."""
+    try:
+        return make_ctp_clip(video, data, keys.rng(position), preset=preset, clip_len=clip_len)
+    except decode.VideoDecodeError as err:
+        log.warning("decode failed for %s: %s", video.video_id, err)
+        return str(err)
+
+
+def _ordered_map(fn: Callable[[int], Any], items: Sequence[int], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, computed ahead by ``workers`` threads (0: inline)."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="clips")
+    try:
+        todo = iter(items)
+        pending = deque(pool.submit(fn, i) for i in islice(todo, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for i in islice(todo, 1):
+                pending.append(pool.submit(fn, i))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _to_torch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in BATCH_KEYS}
+
+
+def iter_ctp_batches(
+    cache: ShardCache,
+    plan: np.ndarray,
+    keys: EpochKeys,
+    *,
+    preset: CtpTrainPreset,
+    clip_len: int,
+    batch_size: int,
+    workers: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """In-process batches ``{"imgs" [B,3,T,S,S], "gt_trajs" [B,3,T,4], "gt_weights" [B,3,T]}``.
+
+    ``plan`` holds indices into ``cache.videos`` in epoch order; ``workers`` threads decode
+    and transform ahead of the consumer (0: in the calling thread).
+    """
+    videos = cache.videos
+
+    def clip_at(position: int) -> dict[str, np.ndarray] | str:
+        v = int(plan[position])
+        return _try_clip(videos[v], cache.payload(v), position, keys, preset, clip_len)
+
+    samples: list[dict[str, np.ndarray]] = []
+    for position, result in enumerate(_ordered_map(clip_at, range(len(plan)), workers)):
+        if isinstance(result, str):
+            cache.mark_bad(int(plan[position]), result)
+        else:
+            samples.append(result)
+        if (position + 1) % batch_size == 0 or position + 1 == len(plan):
+            if samples:
+                yield _to_torch(samples)
+            samples = []
+
+
+def _ray_data_clips(
+    batch: dict[str, np.ndarray],
+    *,
+    videos: Sequence[ShardVideo],
+    refs: Sequence[Any],
+    keys: EpochKeys,
+    preset: CtpTrainPreset,
+    clip_len: int,
+) -> dict[str, np.ndarray]:
+    """Ray Data map: rows ``(position, video)`` -> clips; a failed decode gives ``valid=False``."""
+    import ray
+
+    torch.set_num_threads(1)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in BATCH_KEYS}
+    valid = []
+    for position, v in zip(batch["position"].tolist(), batch["video"].tolist(), strict=True):
+        data = memoryview(ray.get(refs[v]))
+        result = _try_clip(videos[v], data, position, keys, preset, clip_len)
+        valid.append(not isinstance(result, str))
+        if isinstance(result, str):
+            result = _placeholder(preset.crop_size, clip_len)
+        for k in BATCH_KEYS:
+            out[k].append(result[k])
+    stacked = {k: np.stack(v) for k, v in out.items()}
+    return {**stacked, "valid": np.array(valid), "position": batch["position"]}
+
+
+def _placeholder(crop_size: int, clip_len: int) -> dict[str, np.ndarray]:
+    """Zeros shaped like a clip, standing in for a failed one so the block stays rectangular."""
+    return {
+        "imgs": np.zeros((3, clip_len, crop_size, crop_size), np.float32),
+        "gt_trajs": np.zeros((3, clip_len, 4), np.float32),
+        "gt_weights": np.zeros((3, clip_len), np.float32),
+    }
+
+
+def ray_data_ctp_dataset(
+    cache: ShardCache,
+    plan: np.ndarray,
+    keys: EpochKeys,
+    *,
+    preset: CtpTrainPreset,
+    clip_len: int,
+    batch_size: int,
+    workers: int = 2,
+    task_cpus: float = 0.0,
+) -> Any:
+    """The epoch's clips as a Ray Data dataset, in plan order (``preserve_order``).
+
+    One block per batch; each map task decodes and transforms one block. ``cache`` must use
+    ``store="object_store"``. Tasks reserve ``task_cpus`` CPUs and at most ``workers`` run at once.
+    """
+    import ray
+
+    if cache.store != "object_store":
+        raise ValueError("the Ray Data pipeline needs a ShardCache with store='object_store'")
+    rows = [{"position": p, "video": int(v)} for p, v in enumerate(plan)]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+    ds.context.execution_options.preserve_order = True
+    return ds.map_batches(
+        _ray_data_clips,
+        batch_size=None,
+        fn_kwargs={
+            "videos": cache.videos,
+            "refs": cache.payloads(),
+            "keys": keys,
+            "preset": preset,
+            "clip_len": clip_len,
+        },
+        compute=ray.data.TaskPoolStrategy(size=max(1, workers)),
+        num_cpus=task_cpus,
+    )
+
+
+def iter_ray_data_batches(
+    cache: ShardCache,
+    plan: np.ndarray,
+    keys: EpochKeys,
+    *,
+    preset: CtpTrainPreset,
+    clip_len: int,
+    batch_size: int,
+    workers: int = 2,
+    task_cpus: float = 0.0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of :func:`iter_ctp_batches`, made by Ray Data tasks."""
+    ds = ray_data_ctp_dataset(
+        cache, plan, keys, preset=preset, clip_len=clip_len, batch_size=batch_size,
+        workers=workers, task_cpus=task_cpus,
+    )
+    for batch in ds.iter_torch_batches(batch_size=batch_size, device="cpu"):
+        valid = batch["valid"]
+        for position in batch["position"][~valid].tolist():
+            cache.mark_bad(int(plan[position]), "decode failed in a Ray Data task")
+        if valid.any():
+            yield {k: batch[k][valid] if not valid.all() else batch[k] for k in BATCH_KEYS}
+
+
+class ClipStream:
+    """One client's CtP training clips, batch by batch, round after round.
+
+    Keep it alive across rounds (in the client's actor): the shard is read from storage only
+    once. ``backend="local"`` makes clips in this process (``workers`` prefetch threads, 0 for
+    none); ``"ray_data"`` in Ray Data tasks (``workers`` at once, ``task_cpus`` each). The two
+    yield identical batches for the same seed.
+    """
+
+    def __init__(
+        self,
+        records: Iterable[ShardEntry],
+        read_bytes: Callable[[Any], bytes] | None = None,
+        *,
+        crop_size: int = 112,
+        clip_len: int = 16,
+        batch_size: int = 4,
+        seed: int = 0,
+        client_id: int = 0,
+        backend: Literal["local", "ray_data"] = "local",
+        workers: int = 0,
+        task_cpus: float = 0.0,
+        pad: bool = True,
+    ) -> None:
+        if backend not in ("local", "ray_data"):
+            raise ValueError(f"unknown backend {backend!r}; choose one of ['local', 'ray_data']")
+        store = "object_store" if backend == "ray_data" else "memory"
+        self.cache = ShardCache(records, read_bytes, store=store)
+        self.preset = CtpTrainPreset(crop_size=crop_size)
+        self.clip_len, self.batch_size = clip_len, batch_size
+        self.seed, self.client_id = seed, client_id
+        self.backend, self.workers, self.task_cpus, self.pad = backend, workers, task_cpus, pad
+
+    @property
+    def num_videos(self) -> int:
+        """Videos in use (reads the shard on first use)."""
+        return len(self.cache.usable())
+
+    @property
+    def skipped(self) -> int:
+        """Videos left out: unreadable, corrupt, or failed to decode."""
+        self.cache.load()
+        return len(self.cache.skipped)
+
+    def plan(self, round: int, epoch: int = 0) -> np.ndarray:
+        """Indices into ``cache.videos`` in this epoch's order (padded to whole batches)."""
+        usable = self.cache.usable()
+        order = epoch_plan(
+            len(usable), seed=self.seed, client_id=self.client_id, round=round, epoch=epoch,
+            batch_size=self.batch_size, pad=self.pad,
+        )
+        return usable[order]
+
+    def num_batches(self, round: int = 0, epoch: int = 0) -> int:
+        return math.ceil(len(self.plan(round, epoch)) / self.batch_size)
+
+    def batches(self, round: int, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch's batches: ``imgs`` [B,3,T,S,S] f32, ``gt_trajs`` [B,3,T,4], ``gt_weights`` [B,3,T]."""
+        keys = EpochKeys(self.seed, self.client_id, round, epoch)
+        plan = self.plan(round, epoch)
+        common = {"preset": self.preset, "clip_len": self.clip_len, "batch_size": self.batch_size}
+        if self.backend == "ray_data":
+            return iter_ray_data_batches(
+                self.cache, plan, keys, workers=max(1, self.workers), task_cpus=self.task_cpus,
+                **common,
+            )
+        return iter_ctp_batches(self.cache, plan, keys, workers=self.workers, **common)

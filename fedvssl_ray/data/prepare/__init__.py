@@ -1,0 +1,1 @@
+"""Dataset preparation: release layouts -> probed Parquet manifests (see ``common``)."""

@@ -1,0 +1,127 @@
+"""Clients' shards for a run: the split's manifest, cut by the configured partition, and the clip
+stream each client trains on."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ..config import Config
+from .manifest import Manifest, VideoRecord, load_manifest
+from .partition import partition_videos, read_partitions
+from .pipeline import ClipStream
+from .synthetic import ensure_synthetic_dataset
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The configured dataset has not been prepared; the message says how to prepare it."""
+
+
+def manifest_path(cfg: Config) -> Path:
+    return Path(cfg.data.root) / "manifests" / f"train_split{cfg.data.split}.parquet"
+
+
+def ensure_dataset(cfg: Config) -> Path:
+    """The train manifest of the configured dataset; the synthetic one is generated if missing."""
+    path = manifest_path(cfg)
+    if cfg.data.dataset == "synthetic" and not path.is_file():
+        ensure_synthetic_dataset(cfg.data.root)
+    if not path.is_file():
+        raise DatasetMissingError(
+            f"no manifest at {path}: prepare the dataset first, e.g. "
+            f"python experiments/prepare.py {cfg.data.dataset} --out {cfg.data.root} ... "
+            "(see README), or set data.root to a prepared dataset"
+        )
+    return path
+
+
+def read_file_bytes(root: Path, record: VideoRecord) -> bytes:
+    """The encoded bytes of one video (read once per client; the stream caches them)."""
+    return (root / record.path).read_bytes()
+
+
+@dataclass(frozen=True)
+class ShardStreams:
+    """Picklable recipe that builds a client's clip stream where the client runs."""
+
+    shards: tuple[tuple[VideoRecord, ...], ...]
+    root: Path
+    cfg: Config
+
+    def __call__(self, client_id: int) -> ClipStream:
+        return ClipStream(
+            list(self.shards[client_id]),
+            partial(read_file_bytes, self.root),
+            crop_size=self.cfg.data.crop_size,
+            clip_len=self.cfg.data.clip_len,
+            batch_size=self.cfg.client.batch_size,
+            seed=self.cfg.seed,
+            client_id=client_id,
+            backend=self.cfg.data.loader,
+        )
+
+
+@dataclass(frozen=True)
+class ClientShards:
+    """The videos of every client of a run."""
+
+    manifest: Manifest
+    shards: list[list[VideoRecord]]
+    cfg: Config
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ClientShards:
+        manifest = load_manifest(ensure_dataset(cfg))
+        if cfg.data.partition_dir:
+            shards = read_partitions(cfg.data.partition_dir, manifest.records)
+            if len(shards) != cfg.num_clients:
+                raise ValueError(
+                    f"{cfg.data.partition_dir} holds {len(shards)} client partitions but "
+                    f"num_clients={cfg.num_clients}; set num_clients={len(shards)}"
+                )
+        else:
+            shards = partition_videos(
+                manifest.records, cfg.num_clients, cfg.data.partition, seed=cfg.seed,
+                **_partition_params(cfg),
+            )
+        empty = [k for k, shard in enumerate(shards) if not shard]
+        if empty:
+            raise ValueError(
+                f"clients {empty} get no videos from {cfg.data.partition!r} partitioning of "
+                f"{len(manifest.records)} videos; use fewer clients or another partition"
+            )
+        return cls(manifest, [list(s) for s in shards], cfg)
+
+    def stream_factory(self) -> ShardStreams:
+        return ShardStreams(tuple(tuple(s) for s in self.shards), self.manifest.root, self.cfg)
+
+    def steps_per_client(self) -> dict[int, int]:
+        """Local SGD steps of each client per round (padded batches, every local epoch)."""
+        batch, epochs = self.cfg.client.batch_size, self.cfg.client.local_epochs
+        return {k: epochs * math.ceil(len(s) / batch) for k, s in enumerate(self.shards)}
+
+    def summary(self) -> str:
+        sizes = [len(s) for s in self.shards]
+        classes = [len(Counter(r.label for r in s)) for s in self.shards]
+        return (
+            f"{self.manifest.dataset} ({len(self.manifest.records)} train videos, "
+            f"{self.manifest.num_classes} classes) -> {len(sizes)} clients, "
+            f"{self.cfg.data.partition}: videos per client {_span(sizes)}, "
+            f"classes per client {_span(classes)}"
+        )
+
+
+def _partition_params(cfg: Config) -> dict:
+    if cfg.data.partition == "dirichlet":
+        return {"dirichlet_alpha": cfg.data.dirichlet_alpha}
+    if cfg.data.partition == "classes":
+        return {"classes_per_client": cfg.data.classes_per_client}
+    return {}
+
+
+def _span(values: Sequence[int]) -> str:
+    return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])

@@ -1,0 +1,1 @@
+"""Ray-free training code: the local epoch loop, the client worker and the federated round loop."""

@@ -1,0 +1,159 @@
+"""The client side of a round, without Ray: load the global, swap in the client's head, train.
+
+A :class:`ClientWorker` serves one or more clients. It builds the CtP model once, keeps each
+client's own CtP head and clip stream (with its cached shard) between rounds, and bounds how many
+idle clients it keeps: an evicted client's head comes back from the caller on its next round.
+The Ray actor in ``fedvssl_ray.actors`` is a thin shell over this class, and the plain loop uses
+it directly, so both run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..aggregation import ClientUpdate, make_strategy
+from ..config import Config
+from ..models import Weights, build_ctp_model, get_weights, keys_with_prefix, set_weights
+from .local import SgdParams, train_local
+from .strategy_params import strategy_params
+
+StreamFactory = Callable[[int], object]  # client id -> object with .batches(round, epoch), .num_videos
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """A finished local round: the update for the server, the new head, and timings."""
+
+    update: ClientUpdate
+    head: Weights
+    steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NeedHead:
+    """The worker no longer holds this client's head at the asked version: send it along."""
+
+    client_id: int
+    version: int
+
+
+def client_seed(seed: int, client_id: int, round_idx: int) -> int:
+    """A torch seed for (run seed, client, round): new every round, reproducible."""
+    return int(np.random.SeedSequence([seed, client_id, round_idx]).generate_state(1)[0])
+
+
+class ClientWorker:
+    """Runs local CtP rounds for the clients assigned to it; Ray-free."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        stream_factory: StreamFactory,
+        *,
+        device: str | None = None,
+        max_cached_clients: int = 16,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device or ("cuda" if cfg.client.num_gpus > 0 else "cpu"))
+        self.model = build_ctp_model(
+            cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed
+        ).to(self.device)
+        self.head_keys = keys_with_prefix(self.model, "head")
+        self.init_head = get_weights(self.model, self.head_keys)  # common init on every client
+        strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
+        self.upload_keys = strategy.upload_keys(list(self.model.state_dict()))
+        self.stream_factory = stream_factory
+        self.max_cached_clients = max(1, max_cached_clients)
+        self.heads: OrderedDict[int, tuple[int, Weights]] = OrderedDict()
+        self.streams: OrderedDict[int, object] = OrderedDict()
+        self.sgd = SgdParams(
+            cfg.client.lr, cfg.client.momentum, cfg.client.weight_decay, cfg.client.grad_clip
+        )
+
+    def train(
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        round_idx: int,
+        client_id: int,
+        *,
+        head_version: int = 0,
+        head: Mapping[str, np.ndarray] | None = None,
+        threads: int = 0,
+    ) -> ClientResult | NeedHead:
+        """One local round of ``client_id`` from ``global_weights`` (shared keys only).
+
+        ``head_version`` is the round of the client's latest head (0: never trained, use the
+        common init); ``head`` carries those weights when the worker may not hold them.
+        """
+        started = time.perf_counter()
+        local_head = self._head_for(client_id, head_version, head)
+        if local_head is None:
+            return NeedHead(client_id, head_version)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        torch.manual_seed(client_seed(self.cfg.seed, client_id, round_idx))
+        set_weights(self.model, local_head)
+        set_weights(self.model, global_weights)  # after the head: shared="all" overrides it
+        stream = self._stream_for(client_id)
+        loaded = time.perf_counter()
+        steps, loss_sum, data_wait = 0, 0.0, 0.0
+        for epoch in range(self.cfg.client.local_epochs):
+            stats = train_local(self.model, stream.batches(round_idx, epoch), self.sgd, self.device)
+            steps += stats.steps
+            loss_sum += stats.mean_loss * stats.steps
+            data_wait += stats.data_s
+        trained = time.perf_counter()
+        new_head = get_weights(self.model, self.head_keys)
+        self._remember(self.heads, client_id, (round_idx, new_head))
+        update = ClientUpdate(
+            client_id=client_id,
+            weights=get_weights(self.model, self.upload_keys),
+            num_examples=stream.num_videos,
+            loss=loss_sum / steps,
+        )
+        done = time.perf_counter()
+        timings = {
+            "load_s": loaded - started,
+            "train_s": trained - loaded,
+            "data_wait_s": data_wait,
+            "export_s": done - trained,
+            "threads": float(torch.get_num_threads()),
+        }
+        return ClientResult(update, new_head, steps, timings)
+
+    def _head_for(
+        self, client_id: int, version: int, head: Mapping[str, np.ndarray] | None
+    ) -> Mapping[str, np.ndarray] | None:
+        held = self.heads.get(client_id)
+        if held is not None and held[0] == version:
+            self.heads.move_to_end(client_id)
+            return held[1]
+        if head is not None:
+            return head
+        if version == 0:
+            return self.init_head
+        return None
+
+    def _stream_for(self, client_id: int):
+        stream = self.streams.get(client_id)
+        if stream is None:
+            stream = self.stream_factory(client_id)
+        self._remember(self.streams, client_id, stream)
+        return stream
+
+    def _remember(self, cache: OrderedDict, client_id: int, value: object) -> None:
+        cache[client_id] = value
+        cache.move_to_end(client_id)
+        while len(cache) > self.max_cached_clients:
+            cache.popitem(last=False)
+
+    def cached_clients(self) -> list[int]:
+        """Clients whose clip stream (and cached shard) this worker holds now."""
+        return list(self.streams)

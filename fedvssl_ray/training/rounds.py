@@ -1,0 +1,207 @@
+"""The federated round loop, independent of where clients run.
+
+Each round: sample clients (seeded by (seed, round)), let a :class:`ClientRunner` train them from
+the current global, aggregate the successful updates with the configured strategy, persist the
+round (checkpoint, heads, strategy state, metrics line) and report progress. The Ray engine and
+the plain in-process loop differ only in their runner, so they compute the same weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..aggregation import NoValidUpdatesError, make_strategy
+from ..config import Config
+from ..models import Weights, build_ctp_model, get_weights
+from ..run_dir import RunDir
+from .client import ClientResult
+from .strategy_params import strategy_params
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (too few clients succeeded twice in a row); state is kept to resume."""
+
+
+class HeadSource:
+    """Where a client's latest head lives on the driver side: this round's returns, or disk."""
+
+    def __init__(self, run_dir: RunDir, versions: Mapping[int, int]) -> None:
+        self.run_dir = run_dir
+        self.versions = dict(versions)
+        self.fresh: dict[int, Weights] = {}
+
+    def version(self, client_id: int) -> int:
+        return self.versions.get(client_id, 0)
+
+    def get(self, client_id: int) -> Weights:
+        """The head at :meth:`version` (never called for version 0, the common init)."""
+        if client_id in self.fresh:
+            return self.fresh[client_id]
+        return self.run_dir.load_head(client_id, self.version(client_id))
+
+
+@dataclass
+class RoundOutcome:
+    """What a runner returns for one round."""
+
+    results: list[ClientResult]
+    failures: dict[int, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ClientRunner(Protocol):
+    """Trains the sampled clients of a round from the global weights, wherever they run."""
+
+    def run_round(
+        self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],
+        heads: HeadSource, emit: EventSink,
+    ) -> RoundOutcome: ...
+
+    def close(self) -> None: ...
+
+
+def sample_clients(seed: int, round_idx: int, num_clients: int, per_round: int) -> list[int]:
+    """The clients of a round: drawn without replacement, seeded by (seed, round), sorted."""
+    rng = np.random.default_rng([seed, round_idx])
+    return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
+
+
+def initial_global(cfg: Config, strategy) -> Weights:
+    """The round-0 global: the shared entries of the seeded CtP model (same init on all clients)."""
+    model = build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
+    weights = get_weights(model)
+    return {k: weights[k] for k in strategy.shared_keys(list(weights))}
+
+
+class FederatedRun:
+    """Drives rounds from the last complete one to ``cfg.rounds``."""
+
+    def __init__(
+        self, cfg: Config, run_dir: RunDir, runner: ClientRunner, emit: EventSink | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.runner = runner
+        self.emit = emit or (lambda event: None)
+        self.strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) to the last round; returns the summary also written to disk."""
+        started = time.perf_counter()
+        resume = self.run_dir.load_resume_state() if self.cfg.resume else None
+        if resume is None:
+            global_weights, start_round, elapsed = initial_global(self.cfg, self.strategy), 0, 0.0
+            heads = HeadSource(self.run_dir, {})
+        else:
+            global_weights, start_round = resume.global_weights, resume.round
+            elapsed = resume.elapsed_s
+            heads = HeadSource(self.run_dir, resume.head_versions)
+            self.strategy.load_state_dict(resume.strategy_state)
+            self.strategy.load_state_arrays(resume.strategy_arrays)
+            self.emit({"type": "resumed", "round": start_round})
+        first_round_at = None
+        for round_idx in range(start_round + 1, self.cfg.rounds + 1):
+            if first_round_at is None:
+                first_round_at = time.perf_counter()
+            global_weights = self._round(round_idx, global_weights, heads, started, elapsed)
+        summary = self._summary(time.perf_counter() - started + elapsed, first_round_at, started)
+        self.run_dir.write_summary(summary)
+        self.emit({"type": "done", "summary": summary})
+        return summary
+
+    def _round(
+        self, round_idx: int, global_weights: Weights, heads: HeadSource, started: float,
+        elapsed: float,
+    ) -> Weights:
+        cfg = self.cfg
+        clients = sample_clients(cfg.seed, round_idx, cfg.num_clients, cfg.clients_per_round)
+        self.emit({"type": "round_start", "round": round_idx, "rounds": cfg.rounds,
+                   "clients": clients})
+        round_start = time.perf_counter()
+        outcome = self.runner.run_round(global_weights, round_idx, clients, heads, self.emit)
+        attempts = 1
+        if len(outcome.results) < cfg.min_clients:
+            self.emit({"type": "retry", "round": round_idx, "failures": outcome.failures})
+            outcome = self.runner.run_round(global_weights, round_idx, clients, heads, self.emit)
+            attempts = 2
+            if len(outcome.results) < cfg.min_clients:
+                raise RunStopped(
+                    f"round {round_idx}: only {len(outcome.results)} of {len(clients)} clients "
+                    f"succeeded twice (min_clients={cfg.min_clients}); failures: "
+                    f"{outcome.failures}. The run stopped after round {round_idx - 1}; fix the "
+                    f"cause and resume with --resume {self.run_dir.path}"
+                )
+        trained = time.perf_counter()
+        results = sorted(outcome.results, key=lambda r: r.update.client_id)
+        status = "ok"
+        try:
+            new_global = self.strategy.aggregate(
+                [r.update for r in results], previous=global_weights, round=round_idx
+            )
+            report = self.strategy.last_report.to_dict()
+        except NoValidUpdatesError as err:
+            new_global, status, report = global_weights, f"failed: {err}", {}
+        aggregated = time.perf_counter()
+        accepted = {int(c["client_id"]) for c in report.get("clients", ())}
+        for r in results:
+            if r.update.client_id in accepted:
+                heads.versions[r.update.client_id] = round_idx
+                heads.fresh[r.update.client_id] = r.head
+        new_heads = {c: heads.fresh[c] for c in heads.fresh if heads.versions[c] == round_idx}
+        losses = [r.update.loss for r in results]
+        record = {
+            "round": round_idx,
+            "status": status,
+            "clients": clients,
+            "attempts": attempts,
+            "updates": [
+                {"client": r.update.client_id, "loss": r.update.loss,
+                 "num_examples": r.update.num_examples, "steps": r.steps,
+                 **{k: round(v, 4) for k, v in r.timings.items()}}
+                for r in results
+            ],
+            "mean_loss": float(np.mean(losses)) if losses else None,
+            "aggregation": report,
+            "failed": {str(c): msg for c, msg in outcome.failures.items()},
+        }
+        self.run_dir.commit_round(
+            round_idx, new_global, new_heads, heads.versions, self.strategy.state_dict(),
+            self.strategy.state_arrays(), elapsed + time.perf_counter() - started,
+        )
+        heads.fresh.clear()
+        done = time.perf_counter()
+        record["time"] = {
+            "round_s": done - round_start,
+            **{k: round(v, 4) for k, v in outcome.timings.items()},
+            "clients_s": trained - round_start,
+            "aggregate_s": aggregated - trained,
+            "checkpoint_s": done - aggregated,
+        }
+        self.run_dir.append_metrics(record)
+        self.emit({"type": "round_end", "round": round_idx, "rounds": cfg.rounds,
+                   "mean_loss": record["mean_loss"], "round_s": done - round_start,
+                   "failed": sorted(outcome.failures), "status": status})
+        return new_global
+
+    def _summary(self, wall_s: float, first_round_at: float | None, started: float) -> dict:
+        records = self.run_dir.read_metrics()
+        losses = [r["mean_loss"] for r in records]
+        last = max((r["round"] for r in records), default=0)
+        return {
+            "rounds": last,
+            "loss_per_round": losses,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+            "failed_rounds": [r["round"] for r in records if r["status"] != "ok"],
+            "checkpoint": str(self.run_dir.checkpoint_path(last)) if last else None,
+            "run_dir": str(self.run_dir.path),
+            "wall_s": wall_s,
+            "setup_s": (first_round_at - started) if first_round_at else None,
+        }

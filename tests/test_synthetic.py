@@ -1,0 +1,166 @@
+"""The built-in motion dataset: layout, determinism, idempotence, motion-only classes, and the
+``experiments/prepare.py`` command line end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvssl_ray.data.decode import probe_video, read_frames
+from fedvssl_ray.data.manifest import load_manifest
+from fedvssl_ray.data.partition import read_partitions
+from fedvssl_ray.data.prepare.common import PrepareError
+from fedvssl_ray.data.synthetic import (
+    SyntheticSpec,
+    class_names,
+    ensure_synthetic_dataset,
+    render_video,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(num_classes=4, videos_per_class=4, frames=16, width=64, height=48, seed=3, log=None)
+
+
+def test_dataset_layout_and_manifests(tmp_path):
+    root = ensure_synthetic_dataset(tmp_path / "s", **TINY)
+    names = class_names(4)
+    assert names == ["Translate000", "RotateCcw", "ZoomIn", "OrbitCcw"]
+    assert sorted(p.name for p in (root / "raw").iterdir())[0] == "v_OrbitCcw_g01_c01.avi"
+    lists = root / "ucfTrainTestlist"
+    assert (lists / "classInd.txt").read_text().splitlines()[0] == "1 Translate000"
+    assert (lists / "testlist01.txt").read_text().splitlines()[0] == (
+        "Translate000/v_Translate000_g01_c01.avi"
+    )
+    train = load_manifest(root / "manifests" / "train_split1.parquet")
+    test = load_manifest(root / "manifests" / "test_split1.parquet")
+    assert (len(train.records), len(test.records), train.class_names) == (8, 8, names)
+    record = train.records[0]
+    assert (record.num_frames, record.width, record.height, record.codec) == (16, 64, 48, "mpeg4")
+    assert probe_video(train.resolve(record)).fps == 25.0
+
+
+def test_same_seed_same_files_and_idempotent(tmp_path):
+    a = ensure_synthetic_dataset(tmp_path / "a", **TINY)
+    b = ensure_synthetic_dataset(tmp_path / "b", **TINY)
+    for path in sorted((a / "raw").iterdir()):
+        assert path.read_bytes() == (b / "raw" / path.name).read_bytes()
+    stamp = json.loads((a / "synthetic.json").read_text())
+    assert stamp["seed"] == 3 and stamp["frames"] == 16
+    before = {p.name: p.stat().st_mtime_ns for p in (a / "raw").iterdir()}
+    ensure_synthetic_dataset(tmp_path / "a", **TINY)  # returns at once: nothing rewritten
+    assert before == {p.name: p.stat().st_mtime_ns for p in (a / "raw").iterdir()}
+    ensure_synthetic_dataset(tmp_path / "a", **{**TINY, "seed": 4})
+    assert json.loads((a / "synthetic.json").read_text())["seed"] == 4
+    changed = [
+        p.name for p in (a / "raw").iterdir() if p.read_bytes() != (b / "raw" / p.name).read_bytes()
+    ]
+    assert len(changed) == 16
+
+
+def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    with pytest.raises(PrepareError, match="thesis.tex"):
+        ensure_synthetic_dataset(tmp_path / "mine", **TINY)
+
+
+def test_invalid_sizes_are_rejected():
+    with pytest.raises(ValueError, match="videos_per_class"):
+        SyntheticSpec(videos_per_class=2).validate()
+    with pytest.raises(ValueError, match="even"):
+        SyntheticSpec(width=63).validate()
+
+
+def test_a_single_frame_does_not_reveal_the_class_but_motion_does():
+    spec = SyntheticSpec(num_classes=8, frames=24, width=64, height=48)
+    videos = {c: [render_video(spec, c, v).astype(np.float32) for v in range(6)] for c in range(8)}
+    # Per-class mean first-frame colour statistics are alike: what differs is the motion.
+    stats = np.array([[v[0].mean() for v in vs] for vs in videos.values()])
+    assert np.ptp(stats.mean(axis=1)) < 3 * stats.std()
+
+    # Translation classes 0 (rightwards) and 4 (leftwards): their mean horizontal shift of
+    # frame differences points the right way.
+    def horizontal_flow(video: np.ndarray) -> float:
+        grey = video.mean(axis=-1)
+        dt, dx = grey[1:] - grey[:-1], np.gradient(grey, axis=2)[:-1]
+        return float(-(dt * dx).sum() / (dx * dx).sum())
+
+    right = np.mean([horizontal_flow(v) for v in videos[0]])
+    left = np.mean([horizontal_flow(v) for v in videos[4]])
+    assert right > 0.2 and left < -0.2
+
+
+def test_decoded_frames_match_the_rendered_ones(tmp_path):
+    root = ensure_synthetic_dataset(tmp_path / "s", **TINY)
+    record = load_manifest(root / "manifests" / "train_split1.parquet").records[0]
+    decoded = read_frames(root / "raw" / record.path, [0, 15]).astype(int)
+    rendered = render_video(SyntheticSpec(**{k: v for k, v in TINY.items() if k != "log"}), 0, 2)
+    assert np.abs(decoded - rendered[[0, 15]].astype(int)).mean() < 12  # lossy MPEG-4
+
+
+def test_command_line_synthetic_then_partition(tmp_path):
+    out = tmp_path / "s"
+    script = str(REPO / "experiments" / "prepare.py")
+    sizes = [
+        "--num-classes",
+        "4",
+        "--videos-per-class",
+        "4",
+        "--frames",
+        "16",
+        "--width",
+        "64",
+        "--height",
+        "48",
+    ]
+    done = subprocess.run(
+        [sys.executable, script, "synthetic", "--out", str(out), *sizes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "prepared 8/8" in done.stderr
+    manifest = out / "manifests" / "train_split1.parquet"
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "partition",
+            "--manifest",
+            str(manifest),
+            "--num-clients",
+            "3",
+            "--scheme",
+            "iid",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "client   1:" in done.stdout and "total 8 entries, 8 unique videos" in done.stdout
+    parts = read_partitions(out / "partitions" / "iid-3", load_manifest(manifest).records)
+    assert [len(p) for p in parts] == [2, 3, 3]
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "partition",
+            "--manifest",
+            str(manifest),
+            "--num-clients",
+            "3",
+            "--scheme",
+            "k400-noniid",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "error: k400-noniid" in done.stderr

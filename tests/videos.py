@@ -1,0 +1,103 @@
+"""Tiny real videos and dataset layouts for the data tests (imported by the test modules)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from fedvssl_ray.data.synthetic import encode_video
+
+
+def pattern_frames(n: int, width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
+    """``n`` distinct RGB frames: a smooth random field, a moving square, a per-frame tint."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, size=(height // 8, width // 8, 3), dtype=np.uint8)
+    base = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))
+    frames = np.repeat(base[None], n, axis=0)
+    for t in range(n):
+        x = (3 * t) % (width - 12)
+        frames[t, 10:22, x : x + 12] = 255
+        frames[t, :, :, 2] = (frames[t, :, :, 2].astype(int) + 4 * t) % 256
+    return frames
+
+
+def write_video(
+    path: Path,
+    n: int = 30,
+    *,
+    codec: str = "mpeg4",
+    gop: int = 12,
+    options: dict[str, str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Encode ``n`` pattern frames into ``path`` (container from the suffix)."""
+    return encode_video(path, pattern_frames(n, seed=seed), codec=codec, gop=gop, options=options)
+
+
+def full_decode(path: Path) -> list[np.ndarray]:
+    """Every frame of ``path`` in order, decoded plainly (the reference for index reads)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    """One RGB image as JPEG bytes, encoded with FFmpeg's MJPEG encoder."""
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height = image.shape[1], image.shape[0]
+    ctx.pix_fmt = "yuvj420p"
+    ctx.time_base = Fraction(1, 25)
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+    packets = ctx.encode(frame) + ctx.encode(None)
+    return b"".join(bytes(p) for p in packets)
+
+
+def write_frame_zip(path: Path, frames: np.ndarray) -> Path:
+    """A seed-format archive: stored (uncompressed) ``img_00001.jpg``, ... entries."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i, image in enumerate(frames):
+            archive.writestr(f"img_{i + 1:05d}.jpg", jpeg_bytes(image))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def make_ucf_layout(
+    root: Path,
+    classes: list[str],
+    *,
+    groups: int = 2,
+    nested: bool = False,
+    crlf: bool = False,
+    file_case: dict[str, str] | None = None,
+) -> tuple[Path, Path]:
+    """UCF-101 look-alike: (raw_dir, ucfTrainTestlist dir). Group 1 is the test set.
+
+    ``file_case`` maps a class folder name to the spelling used in its file names (the
+    ``HandstandPushups/v_HandStandPushups_...`` quirk).
+    """
+    file_case = file_case or {}
+    raw = root / "UCF-101" if nested else root / "raw"
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    end = "\r\n" if crlf else "\n"
+    train, test = [], []
+    for label, cls in enumerate(classes, 1):
+        spelled = file_case.get(cls, cls)
+        for g in range(1, groups + 1):
+            name = f"v_{spelled}_g{g:02d}_c01.avi"
+            folder = raw / cls if nested else raw
+            write_video(folder / name, 8, seed=label * 10 + g)
+            if g == 1:
+                test.append(f"{cls}/{name}")
+            else:
+                train.append(f"{cls}/{name} {label}")
+    (lists / "classInd.txt").write_text("".join(f"{i} {c}{end}" for i, c in enumerate(classes, 1)))
+    (lists / "trainlist01.txt").write_text("".join(f"{line}{end}" for line in train))
+    (lists / "testlist01.txt").write_text("".join(f"{line}{end}" for line in test))
+    return raw, lists
