@@ -56,6 +56,7 @@ class ClientConfig:
     num_actors: int = 0  # 0: one actor per GPU, or per two CPU cores, capped by clients_per_round
     torch_threads: int = 0  # per actor; 0: the cores divided among the actors still busy
     max_cached_clients: int = 16  # per actor: clients whose head and shard stay in memory
+    replay: bool = False  # every round draws the same clips (the Flower baseline reseeds each round)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ it reports clips per second per core of:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import tempfile
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
@@ -51,71 +53,128 @@ def make_videos(out_dir: Path, count: int, frames: int) -> list[Path]:
     spec = SyntheticSpec(num_classes=4, frames=frames, width=320, height=240)
     paths = []
     for i in range(count):
-        path = out_dir / f"v{i:02d}_gop{GOPS[i % len(GOPS)]}_{frames}f.avi"
+        path = out_dir / f"v{i:02d}_gop{GOPS[i % len(GOPS)]}_bf2_{frames}f.avi"
         if not path.is_file():
             frames_rgb = render_video(spec, i % 4, i)
-            encode_video(path, frames_rgb, codec="mpeg4", gop=GOPS[i % len(GOPS)], bit_rate=BIT_RATE)
+            encode_video(
+                path, frames_rgb, codec="mpeg4", gop=GOPS[i % len(GOPS)], bit_rate=BIT_RATE,
+                options={"bf": "2"},  # Xvid's default: Advanced Simple Profile, 2 B-frames
+            )
         paths.append(path)
     return paths
 
 
 def rss_mib(pid: int | str = "self", field: str = "VmRSS") -> float:
-    """Resident memory of a process from /proc (``VmHWM`` is the peak)."""
+    """Resident memory of a process from /proc (``VmHWM`` is its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def ray_workers_rss_mib() -> float:
-    """Summed resident memory of this machine's Ray worker processes (``ray::`` commands)."""
-    total = 0.0
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used) for every process we can read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if cmdline.startswith(b"ray::"):
-                total += rss_mib(pid)
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-    return total
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    """(seconds, clips) of one call returning a clip count."""
-    start = time.perf_counter()
-    clips = fn()
-    return time.perf_counter() - start, clips
+def descendants(root: int, table: dict[int, tuple[int, float]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process and every live process it started (Ray's included)."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in descendants(os.getpid(), table))
+
+
+def tree_rss_mib() -> float:
+    """Resident memory of this process and its descendants (shared pages counted per process)."""
+    return sum(rss_mib(pid) for pid in descendants(os.getpid(), _process_table()))
+
+
+class Measure:
+    """Clips, wall seconds and CPU seconds of one run; the best of several runs is kept."""
+
+    def __init__(self, label: str, cores: int, cpu_clock: Callable[[], float]) -> None:
+        self.label, self.cores, self.cpu_clock = label, cores, cpu_clock
+        self.clips, self.wall, self.cpu = 0, math.inf, math.inf
+
+    def run(self, fn: Callable[[], int], repeats: int = 1) -> Measure:
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), self.cpu_clock()
+            clips = fn()
+            wall, cpu = time.perf_counter() - wall, self.cpu_clock() - cpu
+            if cpu / clips < self.cpu / max(self.clips, 1) or not self.clips:
+                self.clips, self.cpu = clips, cpu
+            self.wall = min(self.wall, wall / clips)
+        return self
+
+    @property
+    def per_core(self) -> float:
+        """Clips per CPU-second: clips per second per core, whatever else the machine runs."""
+        return self.clips / self.cpu
 
 
 def count_clips(batches: Iterable[dict[str, torch.Tensor]]) -> int:
     return sum(len(b["imgs"]) for b in batches)
 
 
-def epoch_clips(stream: ClipStream, epoch: int) -> list[tuple[bytes, int, np.ndarray]]:
-    """(video bytes, position, frame indices) of every clip of an epoch, as the pipeline draws them."""
+def epoch_clips(stream: ClipStream, epoch: int) -> list[tuple[bytes, np.ndarray]]:
+    """(video bytes, frame indices) of every clip of an epoch, as the pipeline draws them."""
     keys = EpochKeys(SEED, CLIENT, 0, epoch)
     videos = stream.cache.videos
     out = []
     for position, v in enumerate(stream.plan(0, epoch).tolist()):
         clip = sample_pretrain_clip(videos[v].num_frames, keys.rng(position))
-        out.append((stream.cache.payload(v), position, clip.indices))
+        out.append((stream.cache.payload(v), clip.indices))
     return out
 
 
-def bare_decode(clips: list[tuple[bytes, int, np.ndarray]], threads: int) -> int:
+def bare_decode(clips: list[tuple[bytes, np.ndarray]], threads: int) -> int:
     """The limit: read_frames on each clip's indices, nothing else."""
-    def one(item: tuple[bytes, int, np.ndarray]) -> int:
-        return len(decode.read_frames(item[0], item[2]))
+    def one(item: tuple[bytes, np.ndarray]) -> int:
+        decode.read_frames(item[0], item[1])
+        return 1
 
     if threads == 1:
-        return sum(map(one, clips)) // 16
+        return sum(map(one, clips))
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(one, clips)) // 16
+        return sum(pool.map(one, clips))
 
 
-def best_rate(fn: Callable[[], int], repeats: int) -> float:
-    """Best clips/s over ``repeats`` runs (the machine may be shared)."""
-    return max(clips / seconds for seconds, clips in (timed(fn) for _ in range(repeats)))
+def component_costs(clips: list[tuple[bytes, np.ndarray]]) -> dict[str, float]:
+    """CPU milliseconds per clip of decoding, the whole CtP preset, and PatchMask alone."""
+    preset, keys = CtpTrainPreset(), EpochKeys(SEED, CLIENT, 0, 1)
+    cpu = time.process_time()
+    frames = [decode.read_frames(data, idx) for data, idx in clips]
+    costs = {"decode": time.process_time() - cpu}
+    cpu = time.process_time()
+    for i, f in enumerate(frames):
+        preset(f, keys.rng(i))
+    costs["transforms"] = time.process_time() - cpu
+    crops = [to_planar(f[:, :112, :112]) for f in frames]
+    cpu = time.process_time()
+    for i, c in enumerate(crops):
+        patch_mask(c, keys.rng(i))
+    costs["PatchMask"] = time.process_time() - cpu
+    return {k: 1e3 * v / len(clips) for k, v in costs.items()}
 
 
 def main() -> None:
@@ -135,41 +194,31 @@ def main() -> None:
     paths = make_videos(Path(args.data_dir), args.videos, args.frames)
     size = sum(p.stat().st_size for p in paths)
     shard = [(f"{p.stem}#{r}", str(p)) for r in range(args.repeat) for p in paths]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, numpy {np.__version__}")
-    print(f"{len(paths)} videos 320x240 x {args.frames} frames, mpeg4 AVI, gops {GOPS}, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}, "
+          f"torch {torch.__version__}, numpy {np.__version__}, av {av.__version__}")
+    print(f"{len(paths)} videos 320x240 x {args.frames} frames, mpeg4 AVI (2 B-frames), gops {GOPS}, "
           f"{size * 8 / (len(paths) * args.frames / 25) / 1000:.0f} kbit/s; shard of {len(shard)}")
 
     def stream(**kw: object) -> ClipStream:
         return ClipStream(shard, batch_size=BATCH, seed=SEED, client_id=CLIENT, **kw)
 
-    # Cold: a fresh stream's first epoch reads and probes the shard.
     local = stream()
-    cold_s, cold_n = timed(lambda: count_clips(local.batches(0, 0)))
+    rows = [Measure("pipeline in-process, 1 thread, cold epoch", 1, time.process_time)
+            .run(lambda: count_clips(local.batches(0, 0)))]
+    rss_cached = rss_mib()
     clips = epoch_clips(local, 1)
-    rss_cache = rss_mib()
-    rows: list[tuple[str, float, int]] = []  # (label, clips/s, cores)
-
-    bare1 = best_rate(lambda: bare_decode(clips, 1), args.repeats)
-    bare2 = best_rate(lambda: bare_decode(clips, 2), args.repeats)
-    rows += [("bare decode (read_frames), 1 thread", bare1, 1), ("bare decode, 2 threads", bare2, 2)]
-    rows.append(("pipeline in-process, 1 thread, cold epoch", cold_n / cold_s, 1))
-    rate = best_rate(lambda: count_clips(local.batches(0, 1)), args.repeats)
-    rows.append(("pipeline in-process, 1 thread, cached", rate, 1))
+    bare = Measure("bare decode (read_frames), 1 thread", 1, time.process_time)
+    bare.run(lambda: bare_decode(clips, 1), args.repeats)
+    rows.insert(0, bare)
+    rows.append(Measure("bare decode (read_frames), 2 threads", 2, time.process_time)
+                .run(lambda: bare_decode(clips, 2), args.repeats))
+    rows.append(Measure("pipeline in-process, 1 thread, cached", 1, time.process_time)
+                .run(lambda: count_clips(local.batches(0, 1)), args.repeats))
     threaded = stream(workers=2)
     count_clips(threaded.batches(0, 0))
-    rate = best_rate(lambda: count_clips(threaded.batches(0, 1)), args.repeats)
-    rows.append(("pipeline in-process, 2 threads, cached", rate, 2))
-    del threaded
-
-    # Where one clip's time goes (1 thread, same clips).
-    preset = CtpTrainPreset()
-    frames = [decode.read_frames(data, idx) for data, _, idx in clips[:64]]
-    keys = EpochKeys(SEED, CLIENT, 0, 1)
-    t_transform, _ = timed(lambda: [preset(f, keys.rng(i)) for i, f in enumerate(frames)] and 0)
-    crops = [to_planar(f[:, :112, :112]) for f in frames]
-    t_patch, _ = timed(lambda: [patch_mask(c, keys.rng(i)) for i, c in enumerate(crops)] and 0)
-    ms_transform, ms_patch = 1e3 * t_transform / len(frames), 1e3 * t_patch / len(frames)
+    rows.append(Measure("pipeline in-process, 2 threads, cached", 2, time.process_time)
+                .run(lambda: count_clips(threaded.batches(0, 1)), args.repeats))
+    costs = component_costs(clips[:64])
 
     ray_rss = 0.0
     if not args.no_ray:
@@ -178,23 +227,23 @@ def main() -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         remote = stream(backend="ray_data", workers=2)
-        cold_s, cold_n = timed(lambda: count_clips(remote.batches(0, 0)))
-        rows.append(("pipeline Ray Data, 2 tasks, cold epoch", cold_n / cold_s, 2))
-        rate = best_rate(lambda: count_clips(remote.batches(0, 1)), args.repeats)
-        rows.append(("pipeline Ray Data, 2 tasks, cached", rate, 2))
-        ray_rss = ray_workers_rss_mib()
+        rows.append(Measure("pipeline Ray Data, 2 tasks, cold epoch", 2, tree_cpu_seconds)
+                    .run(lambda: count_clips(remote.batches(0, 0))))
+        rows.append(Measure("pipeline Ray Data, 2 tasks, cached", 2, tree_cpu_seconds)
+                    .run(lambda: count_clips(remote.batches(0, 1)), args.repeats))
+        ray_rss = tree_rss_mib()
         ray.shutdown()
 
-    print(f"\n| what | clips/s | cores | clips/s per core | vs bare decode per core |")
+    print("\n| what | clips/s (wall) | CPU ms per clip | clips/s per core | vs bare decode |")
     print("|---|---|---|---|---|")
-    for label, rate, cores in rows:
-        limit = bare1 if cores == 1 else bare2 / 2
-        print(f"| {label} | {rate:.1f} | {cores} | {rate / cores:.1f} | {rate / cores / limit:.0%} |")
-    print(f"\nper clip, 1 thread: bare decode {1e3 / bare1:.1f} ms; transforms {ms_transform:.1f} ms "
-          f"(PatchMask {ms_patch:.1f} ms)")
-    print(f"memory: driver RSS {rss_cache:.0f} MiB after caching the shard ({len(shard)} entries, "
-          f"{size * args.repeat / 2**20:.0f} MiB of video), driver peak {rss_mib(field='VmHWM'):.0f} MiB"
-          + (f", Ray workers {ray_rss:.0f} MiB" if ray_rss else ""))
+    for m in rows:
+        print(f"| {m.label} | {1 / m.wall:.1f} | {1e3 * m.cpu / m.clips:.1f} | {m.per_core:.1f} "
+              f"| {m.per_core / bare.per_core:.0%} |")
+    print(f"\nCPU per clip, 1 thread: decode {costs['decode']:.1f} ms, transforms "
+          f"{costs['transforms']:.1f} ms (of which PatchMask {costs['PatchMask']:.1f} ms)")
+    print(f"memory: RSS {rss_cached:.0f} MiB after caching the shard ({len(shard)} entries, "
+          f"{size * args.repeat / 2**20:.0f} MiB of video), peak {rss_mib(field='VmHWM'):.0f} MiB"
+          + (f"; with Ray (driver + Ray processes) {ray_rss:.0f} MiB" if ray_rss else ""))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class ClientActor:
 
     def ready(self) -> dict[str, float]:
         """Called once after creation: the actor's pid and start-up memory."""
-        return {"pid": os.getpid(), "rss_mb": _peak_rss_mb()}
+        return {"pid": os.getpid(), "rss_mb": peak_rss_mb()}
 
     def train(
         self,
@@ -55,10 +55,11 @@ class ClientActor:
 
     def memory(self) -> dict[str, float]:
         """Peak resident memory of this actor process and the clients it caches."""
-        return {"peak_rss_mb": _peak_rss_mb(), "cached_clients": len(self.worker.streams)}
+        return {"peak_rss_mb": peak_rss_mb(), "cached_clients": len(self.worker.streams)}
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports ru_maxrss in KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -15,6 +15,7 @@ from ..config import Config
 from ..data.shards import ClientShards
 from ..run_dir import RunDir
 from ..training.rounds import FederatedRun
+from .client_actor import peak_rss_mb
 from .pool import RayRunner
 
 
@@ -30,6 +31,7 @@ class Driver:
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.runner: RayRunner | None = None
+        self.final_memory: dict[str, Any] = {}
 
     def _emit(self, event: dict[str, Any]) -> None:
         event = {"t": time.time(), **event}
@@ -52,13 +54,19 @@ class Driver:
         self._emit({"type": "actors_ready", "num_actors": self.runner.num_actors,
                     "setup_s": time.perf_counter() - started})
         try:
-            return FederatedRun(self.cfg, self.run_dir, self.runner, self._emit).run()
+            summary = FederatedRun(self.cfg, self.run_dir, self.runner, self._emit).run()
+            self.final_memory = self.memory()
+            return summary
         finally:
             self.runner.close()
+            self.runner = None
 
-    def actor_memory(self) -> list[dict[str, float]]:
-        """Peak memory of every client actor (empty before ``run`` built them)."""
-        return self.runner.memory() if self.runner else []
+    def memory(self) -> dict[str, Any]:
+        """Peak resident memory (MB) of the driver and of every client actor; after ``run``
+        ended, the figures taken just before its actors were released."""
+        if self.runner is None:
+            return self.final_memory
+        return {"driver_peak_rss_mb": peak_rss_mb(), "actors": self.runner.memory()}
 
 
 RemoteDriver = ray.remote(Driver)

@@ -72,7 +72,8 @@ class RayRunner:
         per_actor = max(1, int(cfg.client.num_cpus))
         self.thread_budget = int(cpus) if alive_nodes <= 1 else self.num_actors * per_actor
         self.client_steps = dict(client_steps)
-        factory_ref = ray.put(stream_factory)
+        # held for the pool's lifetime: a restarting actor re-reads its constructor arguments
+        self.factory_ref = ray.put(stream_factory)
         options = {
             "num_cpus": cfg.client.num_cpus,
             "num_gpus": cfg.client.num_gpus,
@@ -81,10 +82,11 @@ class RayRunner:
         }
         crash = list(crash_on)
         self.actors = [
-            RemoteClientActor.options(**options).remote(cfg, factory_ref, crash)
+            RemoteClientActor.options(**options).remote(cfg, self.factory_ref, crash)
             for _ in range(self.num_actors)
         ]
         self.home = {c: c % self.num_actors for c in range(cfg.num_clients)}
+        self.restarting: set[int] = set()  # actors that died and have not answered since
         self.actor_info = ray.get([a.ready.remote() for a in self.actors])
 
     def _threads(self, busy_actors: int) -> int:
@@ -108,6 +110,9 @@ class RayRunner:
         deadline = start + self.cfg.round_timeout_s if self.cfg.round_timeout_s else None
 
         def dispatch(actor: int, client_id: int, head=None) -> None:
+            if actor in self.restarting and not self._await_restart(actor):
+                failures[client_id] = "client actor did not come back after a crash"
+                return
             busy = {a for a, _ in pending.values()} | {a for a, q in enumerate(queues) if q}
             busy.add(actor)
             ref = self.actors[actor].train.remote(
@@ -129,6 +134,8 @@ class RayRunner:
             try:
                 result = ray.get(ready[0])
             except (RayActorError, RayTaskError, GetTimeoutError) as err:
+                if isinstance(err, RayActorError):
+                    self.restarting.add(actor)
                 failures[client_id] = _describe(err)
                 emit({"type": "client_failed", "round": round_idx, "client": client_id,
                       "error": failures[client_id]})
@@ -145,6 +152,19 @@ class RayRunner:
         timings = {"broadcast_s": broadcast_s, "train_s": time.perf_counter() - start - broadcast_s}
         return RoundOutcome(results, failures, timings)
 
+    def _await_restart(self, actor: int, timeout_s: float = 120.0) -> bool:
+        """Wait until a crashed actor answers again (its constructor re-ran)."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            try:
+                ray.get(self.actors[actor].ready.remote(), timeout=timeout_s)
+            except (RayActorError, GetTimeoutError):
+                time.sleep(0.5)
+                continue
+            self.restarting.discard(actor)
+            return True
+        return False
+
     def _expire(self, pending, queues, failures, round_idx: int, emit: EventSink) -> None:
         """The deadline passed: drop late and queued clients; restart the late actors."""
         late = {c: f"timed out after round_timeout_s={self.cfg.round_timeout_s}"
@@ -152,6 +172,7 @@ class RayRunner:
         late.update({c: "not started before the round deadline" for q in queues for c in q})
         for actor in {a for a, _ in pending.values()}:
             ray.kill(self.actors[actor], no_restart=False)
+            self.restarting.add(actor)
         for queue in queues:
             queue.clear()
         pending.clear()

@@ -151,28 +151,37 @@ def alpha_base(shape: int, soft_edge: float, width: int, height: int) -> np.ndar
     return base.astype(np.float32)
 
 
-@lru_cache(maxsize=4096)
-def bilinear_weights(src_size: int, dst_size: int) -> np.ndarray:
-    """``[dst, src]`` float32 matrix of OpenCV ``INTER_LINEAR`` (half-pixel centres, clamped edges).
+@lru_cache(maxsize=1024)
+def bilinear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV ``INTER_LINEAR`` taps along one axis: (lower index, upper index, float32 weight).
 
-    Cached (read-only): patch sizes repeat, and building the matrix costs more than using it.
+    Half-pixel centres, coordinates below 0 clamped to 0, upper index clamped to the last one.
+    Cached: patch sizes repeat.
     """
     pos = np.maximum((np.arange(dst_size) + 0.5) * (src_size / dst_size) - 0.5, 0.0)
     i0 = np.minimum(pos.astype(np.int64), src_size - 1)
-    frac = (pos - i0).astype(np.float32)
-    rows = np.arange(dst_size)
-    weights = np.zeros((dst_size, src_size), np.float32)
-    weights[rows, i0] = 1.0 - frac
-    weights[rows, np.minimum(i0 + 1, src_size - 1)] += frac
-    weights.flags.writeable = False
-    return weights
+    return i0, np.minimum(i0 + 1, src_size - 1), (pos - i0).astype(np.float32)
 
 
 def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[C, h, w]`` float32 -> ``[C, height, width]`` by two small matrix products (for patches)."""
-    c, h, w = image.shape
-    cols = (image.reshape(c * h, w) @ bilinear_weights(w, width).T).reshape(c, h, width)
-    return np.matmul(bilinear_weights(h, height), cols)
+    """``[C, h, w]`` float32 -> ``[C, height, width]``, bilinear without antialiasing.
+
+    Two taps per axis, gathered and blended elementwise: no BLAS call, whose thread pool costs
+    more than these small patches (and contends with the data workers).
+    """
+    y0, y1, fy = bilinear_taps(image.shape[1], height)
+    x0, x1, fx = bilinear_taps(image.shape[2], width)
+    top = image.take(y0, axis=1)
+    rows = image.take(y1, axis=1)
+    rows -= top
+    rows *= fy[:, None]
+    rows += top
+    left = rows.take(x0, axis=2)
+    out = rows.take(x1, axis=2)
+    out -= left
+    out *= fx
+    out += left
+    return out
 
 
 def paste_patches(clip: np.ndarray, plan: PatchPlan) -> np.ndarray:
@@ -180,25 +189,33 @@ def paste_patches(clip: np.ndarray, plan: PatchPlan) -> np.ndarray:
 
     Patches go largest mean area first; each visible one is blended in float and stored by
     truncation. Content is cut from ``clip`` itself, before any pasting. The crop and its alpha
-    are resized together, once per distinct box size.
+    are resized together, once per distinct box size; the resized patch stays float (the
+    reference rounds it to uint8 first: pixels may differ by one level).
     """
     out = clip.copy()
     sides = plan.boxes[..., 2:] - plan.boxes[..., :2]  # [N, T, 2] (w, h)
     area = sides[..., 0].mean(axis=1) * sides[..., 1].mean(axis=1)
-    for n in np.argsort(-area, kind="stable"):
-        sx1, sy1, sx2, sy2 = plan.boxes[n, plan.src[n]]
+    boxes, visible = plan.boxes.tolist(), plan.visible.tolist()
+    opacity = plan.opacity.astype(np.float32)
+    for n in np.argsort(-area, kind="stable").tolist():
+        src = int(plan.src[n])
+        sx1, sy1, sx2, sy2 = boxes[n][src]
         base = alpha_base(int(plan.shape[n]), float(plan.soft_edge[n]), sx2 - sx1, sy2 - sy1)
-        source = np.concatenate([clip[:, plan.src[n], sy1:sy2, sx1:sx2], base[None]], axis=0)
+        source = np.concatenate([clip[:, src, sy1:sy2, sx1:sx2], base[None]], axis=0)
         resized: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        for t in np.flatnonzero(plan.visible[n]):
-            x1, y1, x2, y2 = plan.boxes[n, t].tolist()
-            if (x2 - x1, y2 - y1) not in resized:
-                r = resize_bilinear(source, x2 - x1, y2 - y1)
-                resized[x2 - x1, y2 - y1] = np.floor(r[:-1] + 0.5), r[-1:]
-            patch, alpha = resized[x2 - x1, y2 - y1]
-            alpha = alpha * np.float32(plan.opacity[n, t])
+        for t, (x1, y1, x2, y2) in enumerate(boxes[n]):
+            if not visible[n][t]:
+                continue
+            size = (x2 - x1, y2 - y1)
+            if size not in resized:
+                r = source if size == (sx2 - sx1, sy2 - sy1) else resize_bilinear(source, *size)
+                resized[size] = r[:-1], r[-1:]
+            patch, alpha = resized[size]
+            alpha = alpha * opacity[n, t]
             region = out[:, t, y1:y2, x1:x2]
-            out[:, t, y1:y2, x1:x2] = region * (1 - alpha) + patch * alpha
+            blend = region * (1 - alpha)
+            blend += patch * alpha
+            region[...] = blend
     return out
 
 

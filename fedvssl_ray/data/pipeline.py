@@ -81,7 +81,10 @@ class ShardVideo:
 class ShardCache:
     """The encoded bytes of one client's shard, read from storage once and kept.
 
-    ``reads`` counts storage reads; ``skipped`` lists ``(video_id, reason)`` of videos left out.
+    ``store="memory"`` keeps one ``bytes`` per video in this process. ``"object_store"`` packs
+    the shard into one uint8 array in Ray's object store (one ``ray.put``; workers map it
+    without copying) and frees the local copy. ``reads`` counts storage reads; ``skipped``
+    lists ``(video_id, reason)`` of the videos left out.
     """
 
     def __init__(
@@ -99,15 +102,15 @@ class ShardCache:
         self.skipped: list[tuple[str, str]] = []
         self._read_bytes = read_bytes or read_path_bytes
         self._videos: list[ShardVideo] | None = None
-        self._payloads: list[Any] = []
+        self._payloads: list[bytes] = []
+        self._spans: list[tuple[int, int]] = []
+        self._shard_ref: Any = None
         self._bad: set[int] = set()
 
     def load(self) -> list[ShardVideo]:
         """Read and probe every video once; later calls return the cached list."""
         if self._videos is not None:
             return self._videos
-        if self.store == "object_store":
-            import ray
         videos = []
         for entry in self.entries:
             video_id = _video_id(entry)
@@ -121,12 +124,24 @@ class ShardCache:
                 self._skip(video_id, str(err))
                 continue
             videos.append(ShardVideo(video_id, info.num_frames, is_zip))
-            if self.store == "object_store":
-                self._payloads.append(ray.put(np.frombuffer(data, np.uint8)))
-            else:
-                self._payloads.append(data)
+            self._payloads.append(data)
+        if self.store == "object_store":
+            self._pack()
         self._videos = videos
         return videos
+
+    def _pack(self) -> None:
+        """Move the payloads into one object-store array, freeing each local copy as it goes."""
+        import ray
+
+        sizes = [len(p) for p in self._payloads]
+        ends = np.cumsum(sizes).tolist()
+        self._spans = [(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+        blob = np.empty(ends[-1] if ends else 0, np.uint8)
+        for (start, end), data in zip(self._spans, self._payloads, strict=True):
+            blob[start:end] = np.frombuffer(data, np.uint8)
+        self._payloads = []
+        self._shard_ref = ray.put(blob)
 
     def _skip(self, video_id: str, reason: str) -> None:
         log.warning("skip %s: %s", video_id, reason)
@@ -141,14 +156,22 @@ class ShardCache:
         """Indices into :attr:`videos` of the videos still in use (not failed mid-epoch)."""
         return np.array([i for i in range(len(self.videos)) if i not in self._bad], np.int64)
 
-    def payload(self, index: int) -> Any:
-        """The cached encoded video: ``bytes``, or an ``ObjectRef`` to a uint8 array."""
+    def payload(self, index: int) -> decode.VideoSource:
+        """The encoded bytes of video ``index`` (a zero-copy view with the object store)."""
         self.load()
-        return self._payloads[index]
+        if self.store == "memory":
+            return self._payloads[index]
+        import ray
 
-    def payloads(self) -> list[Any]:
+        start, end = self._spans[index]
+        return memoryview(ray.get(self._shard_ref))[start:end]
+
+    def shard(self) -> tuple[Any, list[tuple[int, int]]]:
+        """(``ObjectRef`` of the packed shard, ``(start, end)`` of each video) for Ray workers."""
+        if self.store != "object_store":
+            raise ValueError("only a ShardCache with store='object_store' has a shard object")
         self.load()
-        return list(self._payloads)
+        return self._shard_ref, self._spans
 
     def mark_bad(self, index: int, reason: str) -> None:
         """Leave a video out from now on (its decode failed); logged and counted once."""
@@ -182,10 +205,14 @@ def make_ctp_clip(
     *,
     preset: CtpTrainPreset,
     clip_len: int,
+    out: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Sample frame indices, decode them, and apply the CtP preset (PatchMask included)."""
+    """Sample frame indices, decode them, and apply the CtP preset (PatchMask included).
+
+    ``out`` (``[3, T, S, S]`` float32, e.g. a slot of a batch) receives ``imgs`` if given.
+    """
     clip = sample_pretrain_clip(video.num_frames, rng, clip_len=clip_len)
-    return preset(video.read_frames(data, clip.indices), rng)
+    return preset(video.read_frames(data, clip.indices), rng, out=out)
 
 
 @dataclass(frozen=True)
@@ -201,20 +228,29 @@ class EpochKeys:
         return sample_rng(self.seed, self.client_id, self.round, self.epoch, position)
 
 
-def _try_clip(
-    video: ShardVideo,
-    data: decode.VideoSource,
-    position: int,
-    keys: EpochKeys,
-    preset: CtpTrainPreset,
-    clip_len: int,
-) -> dict[str, np.ndarray] | str:
-    """A clip, or the decode error's message."""
-    try:
-        return make_ctp_clip(video, data, keys.rng(position), preset=preset, clip_len=clip_len)
-    except decode.VideoDecodeError as err:
-        log.warning("decode failed for %s: %s", video.video_id, err)
-        return str(err)
+@dataclass(frozen=True)
+class ClipMaker:
+    """Makes the clip at one epoch position into a given batch slot; shared by both pipelines."""
+
+    keys: EpochKeys
+    preset: CtpTrainPreset
+    clip_len: int
+
+    def slot_shape(self) -> tuple[int, int, int, int]:
+        return (3, self.clip_len, self.preset.crop_size, self.preset.crop_size)
+
+    def __call__(
+        self, video: ShardVideo, data: decode.VideoSource, position: int, out: np.ndarray
+    ) -> dict[str, np.ndarray] | str:
+        """The clip (``imgs`` written to ``out``), or the decode error's message."""
+        try:
+            return make_ctp_clip(
+                video, data, self.keys.rng(position), preset=self.preset, clip_len=self.clip_len,
+                out=out,
+            )
+        except decode.VideoDecodeError as err:
+            log.warning("decode failed for %s: %s", video.video_id, err)
+            return str(err)
 
 
 def _ordered_map(fn: Callable[[int], Any], items: Sequence[int], workers: int) -> Iterator[Any]:
@@ -235,86 +271,96 @@ def _ordered_map(fn: Callable[[int], Any], items: Sequence[int], workers: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _to_torch(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in BATCH_KEYS}
+def _collate(imgs: np.ndarray, samples: dict[int, dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """A torch batch from the filled slots of ``imgs`` (all of them unless a clip failed)."""
+    slots = sorted(samples)
+    if len(slots) < len(imgs):
+        imgs = imgs[slots]
+    batch = {"imgs": torch.from_numpy(imgs)}
+    for k in ("gt_trajs", "gt_weights"):
+        batch[k] = torch.from_numpy(np.stack([samples[i][k] for i in slots]))
+    return batch
 
 
 def iter_ctp_batches(
     cache: ShardCache,
     plan: np.ndarray,
-    keys: EpochKeys,
+    maker: ClipMaker,
     *,
-    preset: CtpTrainPreset,
-    clip_len: int,
     batch_size: int,
     workers: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """In-process batches ``{"imgs" [B,3,T,S,S], "gt_trajs" [B,3,T,4], "gt_weights" [B,3,T]}``.
 
     ``plan`` holds indices into ``cache.videos`` in epoch order; ``workers`` threads decode
-    and transform ahead of the consumer (0: in the calling thread).
+    and transform ahead of the consumer (0: in the calling thread). Clips are written straight
+    into their batch's ``imgs`` array.
     """
     videos = cache.videos
+    buffers: dict[int, np.ndarray] = {}
+
+    def batch_buffer(b: int) -> np.ndarray:
+        if b not in buffers:  # setdefault: one array per batch even if two threads race here
+            rows = min(batch_size, len(plan) - b * batch_size)
+            buffers.setdefault(b, np.empty((rows, *maker.slot_shape()), np.float32))
+        return buffers[b]
 
     def clip_at(position: int) -> dict[str, np.ndarray] | str:
         v = int(plan[position])
-        return _try_clip(videos[v], cache.payload(v), position, keys, preset, clip_len)
+        out = batch_buffer(position // batch_size)[position % batch_size]
+        return maker(videos[v], cache.payload(v), position, out)
 
-    samples: list[dict[str, np.ndarray]] = []
+    samples: dict[int, dict[str, np.ndarray]] = {}
     for position, result in enumerate(_ordered_map(clip_at, range(len(plan)), workers)):
         if isinstance(result, str):
             cache.mark_bad(int(plan[position]), result)
         else:
-            samples.append(result)
+            samples[position % batch_size] = result
         if (position + 1) % batch_size == 0 or position + 1 == len(plan):
+            imgs = buffers.pop(position // batch_size)
             if samples:
-                yield _to_torch(samples)
-            samples = []
+                yield _collate(imgs, samples)
+            samples = {}
 
 
 def _ray_data_clips(
     batch: dict[str, np.ndarray],
     *,
     videos: Sequence[ShardVideo],
-    refs: Sequence[Any],
-    keys: EpochKeys,
-    preset: CtpTrainPreset,
-    clip_len: int,
+    shard: list[Any],
+    spans: Sequence[tuple[int, int]],
+    maker: ClipMaker,
 ) -> dict[str, np.ndarray]:
-    """Ray Data map: rows ``(position, video)`` -> clips; a failed decode gives ``valid=False``."""
+    """Ray Data map: rows ``(position, video)`` -> clips; a failed one is zeros with ``valid=False``.
+
+    ``shard`` is ``[ObjectRef]`` of the packed shard (in a list, so Ray passes the reference
+    and this task maps the array itself without a copy).
+    """
     import ray
 
     torch.set_num_threads(1)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in BATCH_KEYS}
-    valid = []
-    for position, v in zip(batch["position"].tolist(), batch["video"].tolist(), strict=True):
-        data = memoryview(ray.get(refs[v]))
-        result = _try_clip(videos[v], data, position, keys, preset, clip_len)
-        valid.append(not isinstance(result, str))
+    blob = memoryview(ray.get(shard[0]))
+    positions, video_ids = batch["position"].tolist(), batch["video"].tolist()
+    imgs = np.empty((len(positions), *maker.slot_shape()), np.float32)
+    trajs = np.zeros((len(positions), 3, maker.clip_len, 4), np.float32)
+    weights = np.zeros((len(positions), 3, maker.clip_len), np.float32)
+    valid = np.zeros(len(positions), bool)
+    for j, (position, v) in enumerate(zip(positions, video_ids, strict=True)):
+        start, end = spans[v]
+        result = maker(videos[v], blob[start:end], position, imgs[j])
         if isinstance(result, str):
-            result = _placeholder(preset.crop_size, clip_len)
-        for k in BATCH_KEYS:
-            out[k].append(result[k])
-    stacked = {k: np.stack(v) for k, v in out.items()}
-    return {**stacked, "valid": np.array(valid), "position": batch["position"]}
-
-
-def _placeholder(crop_size: int, clip_len: int) -> dict[str, np.ndarray]:
-    """Zeros shaped like a clip, standing in for a failed one so the block stays rectangular."""
-    return {
-        "imgs": np.zeros((3, clip_len, crop_size, crop_size), np.float32),
-        "gt_trajs": np.zeros((3, clip_len, 4), np.float32),
-        "gt_weights": np.zeros((3, clip_len), np.float32),
-    }
+            imgs[j] = 0.0
+        else:
+            trajs[j], weights[j], valid[j] = result["gt_trajs"], result["gt_weights"], True
+    return {"imgs": imgs, "gt_trajs": trajs, "gt_weights": weights, "valid": valid,
+            "position": batch["position"]}
 
 
 def ray_data_ctp_dataset(
     cache: ShardCache,
     plan: np.ndarray,
-    keys: EpochKeys,
+    maker: ClipMaker,
     *,
-    preset: CtpTrainPreset,
-    clip_len: int,
     batch_size: int,
     workers: int = 2,
     task_cpus: float = 0.0,
@@ -326,21 +372,14 @@ def ray_data_ctp_dataset(
     """
     import ray
 
-    if cache.store != "object_store":
-        raise ValueError("the Ray Data pipeline needs a ShardCache with store='object_store'")
+    shard_ref, spans = cache.shard()
     rows = [{"position": p, "video": int(v)} for p, v in enumerate(plan)]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(
         _ray_data_clips,
         batch_size=None,
-        fn_kwargs={
-            "videos": cache.videos,
-            "refs": cache.payloads(),
-            "keys": keys,
-            "preset": preset,
-            "clip_len": clip_len,
-        },
+        fn_kwargs={"videos": cache.videos, "shard": [shard_ref], "spans": spans, "maker": maker},
         compute=ray.data.TaskPoolStrategy(size=max(1, workers)),
         num_cpus=task_cpus,
     )
@@ -349,18 +388,15 @@ def ray_data_ctp_dataset(
 def iter_ray_data_batches(
     cache: ShardCache,
     plan: np.ndarray,
-    keys: EpochKeys,
+    maker: ClipMaker,
     *,
-    preset: CtpTrainPreset,
-    clip_len: int,
     batch_size: int,
     workers: int = 2,
     task_cpus: float = 0.0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The batches of :func:`iter_ctp_batches`, made by Ray Data tasks."""
     ds = ray_data_ctp_dataset(
-        cache, plan, keys, preset=preset, clip_len=clip_len, batch_size=batch_size,
-        workers=workers, task_cpus=task_cpus,
+        cache, plan, maker, batch_size=batch_size, workers=workers, task_cpus=task_cpus
     )
     for batch in ds.iter_torch_batches(batch_size=batch_size, device="cpu"):
         valid = batch["valid"]
@@ -428,12 +464,11 @@ class ClipStream:
 
     def batches(self, round: int, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch's batches: ``imgs`` [B,3,T,S,S] f32, ``gt_trajs`` [B,3,T,4], ``gt_weights`` [B,3,T]."""
-        keys = EpochKeys(self.seed, self.client_id, round, epoch)
+        maker = ClipMaker(EpochKeys(self.seed, self.client_id, round, epoch), self.preset, self.clip_len)
         plan = self.plan(round, epoch)
-        common = {"preset": self.preset, "clip_len": self.clip_len, "batch_size": self.batch_size}
         if self.backend == "ray_data":
             return iter_ray_data_batches(
-                self.cache, plan, keys, workers=max(1, self.workers), task_cpus=self.task_cpus,
-                **common,
+                self.cache, plan, maker, batch_size=self.batch_size,
+                workers=max(1, self.workers), task_cpus=self.task_cpus,
             )
-        return iter_ctp_batches(self.cache, plan, keys, workers=self.workers, **common)
+        return iter_ctp_batches(self.cache, plan, maker, batch_size=self.batch_size, workers=self.workers)

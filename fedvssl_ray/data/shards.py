@@ -22,7 +22,9 @@ class DatasetMissingError(FileNotFoundError):
 
 
 def manifest_path(cfg: Config) -> Path:
-    return Path(cfg.data.root) / "manifests" / f"train_split{cfg.data.split}.parquet"
+    """The train manifest ``prepare.py`` wrote (Kinetics-400 has one train split, no numbers)."""
+    name = "train" if cfg.data.dataset == "kinetics400" else f"train_split{cfg.data.split}"
+    return Path(cfg.data.root) / "manifests" / f"{name}.parquet"
 
 
 def ensure_dataset(cfg: Config) -> Path:

@@ -127,23 +127,39 @@ def adjust_hue_saturation(clip: np.ndarray, hue_shift: float, sat_factor: float)
     return hsv_to_rgb(hsv)
 
 
-def dynamic_brightness(clip: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Add a per-frame offset ``[T]`` to ``[C, T, H, W]`` and clip to [0, 255]; float32 out."""
-    out = clip.astype(np.float32)
+def _float_target(clip: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``clip`` as float32 in ``out`` (which may be ``clip`` itself), or in a new array."""
+    if out is None:
+        return clip.astype(np.float32)
+    if out is not clip:
+        np.copyto(out, clip)
+    return out
+
+
+def dynamic_brightness(
+    clip: np.ndarray, offsets: np.ndarray, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Add a per-frame offset ``[T]`` to ``[C, T, H, W]`` and clip to [0, 255]; float32 result.
+
+    ``out`` (float32, may be ``clip``) receives the result; by default a new array does.
+    """
+    out = _float_target(clip, out)
     out += offsets.astype(np.float32)[None, :, None, None]
     return np.clip(out, 0, 255, out=out)
 
 
-def dynamic_contrast(clip: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Multiply ``[C, T, H, W]`` by a per-frame factor ``[T]`` (about 0), clip to [0, 255]; float32."""
-    out = clip.astype(np.float32)
+def dynamic_contrast(
+    clip: np.ndarray, factors: np.ndarray, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Multiply ``[C, T, H, W]`` by a per-frame factor ``[T]`` (about 0), clip to [0, 255]."""
+    out = _float_target(clip, out)
     out *= factors.astype(np.float32)[None, :, None, None]
     return np.clip(out, 0, 255, out=out)
 
 
-def normalize(clip: np.ndarray) -> np.ndarray:
-    """``[3, T, H, W]`` in 0..255 -> float32 ``(x/255 - mean)/std`` per channel."""
-    out = clip.astype(np.float32)
+def normalize(clip: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """``[3, T, H, W]`` in 0..255 -> float32 ``(x/255 - mean)/std`` per channel (into ``out``)."""
+    out = _float_target(clip, out)
     out *= _SCALE[:, None, None, None]
     out += _OFFSET[:, None, None, None]
     return out
@@ -189,7 +205,10 @@ class CtpTrainPreset:
         self.brightness_p, self.brightness_delta = brightness_p, brightness_delta
         self.contrast_p, self.contrast_delta = contrast_p, contrast_delta
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def __call__(
+        self, frames: np.ndarray, rng: np.random.Generator, *, out: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """One training sample; ``out`` (``[3, T, S, S]`` float32) receives ``imgs`` if given."""
         num_frames, height, width = frames.shape[:3]
         short = self.short_edges[rng.integers(len(self.short_edges))]
         new_w, new_h = scaled_size(width, height, short)
@@ -204,13 +223,14 @@ class CtpTrainPreset:
             hue = rng.uniform(-self.hue_delta, self.hue_delta)
             sat = np.exp(rng.uniform(-self.sat_delta, self.sat_delta))
             clip = adjust_hue_saturation(clip, hue, sat)
+        imgs = _float_target(clip, out)  # from here on, every step works in place
         if rng.random() < self.brightness_p:
             d = self.brightness_delta
-            clip = dynamic_brightness(clip, _keyed_values(rng, num_frames, -d, d))
+            dynamic_brightness(imgs, _keyed_values(rng, num_frames, -d, d), out=imgs)
         if rng.random() < self.contrast_p:
             d = self.contrast_delta
-            clip = dynamic_contrast(clip, _keyed_values(rng, num_frames, -d, d, log=True))
-        return {"imgs": normalize(clip), "gt_trajs": trajs, "gt_weights": weights}
+            dynamic_contrast(imgs, _keyed_values(rng, num_frames, -d, d, log=True), out=imgs)
+        return {"imgs": normalize(imgs, out=imgs), "gt_trajs": trajs, "gt_weights": weights}
 
 
 class FinetuneTrainPreset:

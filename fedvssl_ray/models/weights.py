@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -27,7 +28,9 @@ def set_weights(module: nn.Module, weights: Mapping[str, np.ndarray]) -> None:
     unknown = [k for k in weights if k not in state]
     if unknown:
         raise KeyError(f"weights name entries the module does not have: {unknown[:5]}")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # arrays from Ray's object store are read-only; they are only read here (copied in)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for key, value in weights.items():
             target = state[key]
             if tuple(target.shape) != tuple(value.shape):

@@ -98,14 +98,16 @@ class ClientWorker:
             return NeedHead(client_id, head_version)
         if threads > 0:
             torch.set_num_threads(threads)
-        torch.manual_seed(client_seed(self.cfg.seed, client_id, round_idx))
+        # replay: every round repeats round 1's clips and augmentations (compatibility mode)
+        data_round = 1 if self.cfg.client.replay else round_idx
+        torch.manual_seed(client_seed(self.cfg.seed, client_id, data_round))
         set_weights(self.model, local_head)
         set_weights(self.model, global_weights)  # after the head: shared="all" overrides it
         stream = self._stream_for(client_id)
         loaded = time.perf_counter()
         steps, loss_sum, data_wait = 0, 0.0, 0.0
         for epoch in range(self.cfg.client.local_epochs):
-            stats = train_local(self.model, stream.batches(round_idx, epoch), self.sgd, self.device)
+            stats = train_local(self.model, stream.batches(data_round, epoch), self.sgd, self.device)
             steps += stats.steps
             loss_sum += stats.mean_loss * stats.steps
             data_wait += stats.data_s

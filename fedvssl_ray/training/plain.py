@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -20,7 +21,7 @@ from .rounds import EventSink, FederatedRun, HeadSource, RoundOutcome
 
 
 def train_client(
-    call, client_id: int, heads: HeadSource
+    call: Callable[..., ClientResult | NeedHead], client_id: int, heads: HeadSource
 ) -> ClientResult:
     """Call ``call(head_version=..., head=...)``; resend the head if the worker evicted it."""
     version = heads.version(client_id)
@@ -44,10 +45,9 @@ class PlainRunner:
         results, failures = [], {}
         start = time.perf_counter()
         for done, client_id in enumerate(client_ids, 1):
-            def call(**head_args):
-                return self.worker.train(
-                    global_weights, round_idx, client_id, threads=self.threads, **head_args
-                )
+            call = partial(
+                self.worker.train, global_weights, round_idx, client_id, threads=self.threads
+            )
             try:
                 result = train_client(call, client_id, heads)
             except Exception as err:  # a failing client is dropped from the round, not fatal
