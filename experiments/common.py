@@ -67,6 +67,7 @@ class ProgressPrinter:
         self.cfg = cfg
         self.launched = launched
         self.round_times: list[float] = []
+        self.first_round_s: float | None = None
 
     def __call__(self, event: dict) -> None:
         kind = event["type"]
@@ -78,6 +79,8 @@ class ProgressPrinter:
         elif kind == "resumed":
             print(f"resuming after round {event['round']}", flush=True)
         elif kind == "round_start":
+            if self.first_round_s is None:
+                self.first_round_s = time.perf_counter() - self.launched
             print(f"round {event['round']}/{event['rounds']}: clients {event['clients']} "
                   f"(started {time.perf_counter() - self.launched:.1f} s after launch)", flush=True)
         elif kind == "client_done":
@@ -98,7 +101,9 @@ class ProgressPrinter:
     def final(self, summary: dict) -> None:
         losses = ", ".join(f"{x:.4f}" if x is not None else "n/a"
                            for x in summary["loss_per_round"])
-        print(f"done: {summary['rounds']} rounds in {time.perf_counter() - self.launched:.1f} s")
+        first = f"{self.first_round_s:.1f}" if self.first_round_s is not None else "n/a"
+        print(f"done: {summary['rounds']} rounds in {time.perf_counter() - self.launched:.1f} s "
+              f"(first round started {first} s after launch)")
         print(f"mean CtP loss per round: {losses}")
         print(f"final global checkpoint: {summary['checkpoint']}")
         print(f"metrics: {Path(summary['run_dir']) / 'metrics.jsonl'}; "

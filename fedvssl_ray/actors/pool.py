@@ -72,8 +72,6 @@ class RayRunner:
         per_actor = max(1, int(cfg.client.num_cpus))
         self.thread_budget = int(cpus) if alive_nodes <= 1 else self.num_actors * per_actor
         self.client_steps = dict(client_steps)
-        # held for the pool's lifetime: a restarting actor re-reads its constructor arguments
-        self.factory_ref = ray.put(stream_factory)
         options = {
             "num_cpus": cfg.client.num_cpus,
             "num_gpus": cfg.client.num_gpus,
@@ -82,7 +80,7 @@ class RayRunner:
         }
         crash = list(crash_on)
         self.actors = [
-            RemoteClientActor.options(**options).remote(cfg, self.factory_ref, crash)
+            RemoteClientActor.options(**options).remote(cfg, stream_factory, crash)
             for _ in range(self.num_actors)
         ]
         self.home = {c: c % self.num_actors for c in range(cfg.num_clients)}

@@ -46,11 +46,14 @@ class PatchPlan(NamedTuple):
     opacity: np.ndarray  # [N, T] float64 in [0.8, 1.0]
 
 
+@lru_cache(maxsize=8)
 def _anchors(scale: float) -> np.ndarray:
-    """[42, 2] anchor (w, h) = (s*sqrt(ratio), s/sqrt(ratio)) for every scale x ratio."""
+    """[42, 2] anchor (w, h) = (s*sqrt(ratio), s/sqrt(ratio)) for every scale x ratio (read-only)."""
     s = np.repeat(np.asarray(ANCHOR_SCALES, dtype=np.float64) * scale, len(ANCHOR_RATIOS))
     r = np.sqrt(np.tile(np.asarray(ANCHOR_RATIOS, dtype=np.float64), len(ANCHOR_SCALES)))
-    return np.stack([s * r, s / r], axis=1)
+    anchors = np.stack([s * r, s / r], axis=1)
+    anchors.flags.writeable = False
+    return anchors
 
 
 def sample_initial_boxes(
@@ -156,11 +159,14 @@ def bilinear_taps(src_size: int, dst_size: int) -> tuple[np.ndarray, np.ndarray,
     """OpenCV ``INTER_LINEAR`` taps along one axis: (lower index, upper index, float32 weight).
 
     Half-pixel centres, coordinates below 0 clamped to 0, upper index clamped to the last one.
-    Cached: patch sizes repeat.
+    Cached (read-only arrays): patch sizes repeat.
     """
     pos = np.maximum((np.arange(dst_size) + 0.5) * (src_size / dst_size) - 0.5, 0.0)
     i0 = np.minimum(pos.astype(np.int64), src_size - 1)
-    return i0, np.minimum(i0 + 1, src_size - 1), (pos - i0).astype(np.float32)
+    taps = (i0, np.minimum(i0 + 1, src_size - 1), (pos - i0).astype(np.float32))
+    for a in taps:
+        a.flags.writeable = False
+    return taps
 
 
 def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -8,6 +8,7 @@ them with a uniform, accelerating or decelerating profile.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -35,14 +36,13 @@ def key_frames(rng: np.random.Generator, probs: Sequence[float], num_frames: int
     ``floor(a*i) + randint[-r, r-1]`` with ``a = T/(k+1)`` and ``r = floor(a/3)``.
     """
     k = categorical(rng, probs)
-    ticks = [0, num_frames - 1]
+    ticks = {0, num_frames - 1}
     if k:
         a = num_frames / (k + 1)
         r = int(a // 3)
-        base = np.floor(a * np.arange(1, k + 1)).astype(np.int64)
-        jitter = rng.integers(-r, r, size=k) if r else np.zeros(k, np.int64)
-        ticks.extend((base + jitter).tolist())
-    return np.unique(ticks)
+        jitter = rng.integers(-r, r, size=k).tolist() if r else [0] * k
+        ticks.update(math.floor(a * i) + j for i, j in zip(range(1, k + 1), jitter, strict=True))
+    return np.array(sorted(ticks), dtype=np.int64)
 
 
 def interpolate(

@@ -110,7 +110,7 @@ class ClientShards:
         sizes = [len(s) for s in self.shards]
         classes = [len(Counter(r.label for r in s)) for s in self.shards]
         return (
-            f"{self.manifest.dataset} ({len(self.manifest.records)} train videos, "
+            f"{self.cfg.data.dataset} ({len(self.manifest.records)} train videos, "
             f"{self.manifest.num_classes} classes) -> {len(sizes)} clients, "
             f"{self.cfg.data.partition}: videos per client {_span(sizes)}, "
             f"classes per client {_span(classes)}"

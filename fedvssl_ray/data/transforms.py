@@ -1,14 +1,16 @@
 """Clip transforms of CtP pretraining, fine-tuning and evaluation (CTP.md §6, §7).
 
-Pure functions on ``[T, H, W, 3]`` RGB clips (uint8, or float32 after a photometric op) and
-three presets that chain them in the reference order with one draw per clip from a
-``np.random.Generator``. Presets return ``[3, T, S, S]`` float32 arrays normalised with the
-ImageNet mean and std.
+Geometric ops take decoded ``[T, H, W, 3]`` uint8 RGB clips; after the crop a clip is made
+planar, ``[3, T, H, W]`` (:func:`to_planar`), and PatchMask and the colour ops work on planes
+(uint8, or float32 once a brightness or contrast op has run, never re-quantised). Three
+presets chain them in the reference order with one draw per clip from a
+``np.random.Generator`` and return ``[3, T, S, S]`` float32 normalised with the ImageNet mean
+and std, optionally straight into a caller's batch slot (``out=``).
 
 Resizes are bilinear without antialiasing (OpenCV ``INTER_LINEAR``, as the reference), done by
 torch on the whole clip in uint8; results may differ from OpenCV by 1. Frames are decoded
 straight to RGB, so there is no BGR swap; hue and saturation use OpenCV's 8-bit HSV
-convention (H in 0..179), which RGB and BGR share.
+arithmetic (H in 0..179), which gives the same HSV from RGB as from BGR.
 
 For a crop size other than the reference 112, every spatial size (short edges, fixed resizes)
 is multiplied by ``crop_size/112`` and rounded; at 112 the reference sizes are used exactly.
@@ -262,7 +264,10 @@ class FinetuneTrainPreset:
         self.contrast_p, self.contrast_delta = contrast_p, contrast_delta
         self.hue_sat_p, self.hue_delta, self.sat_delta = hue_sat_p, hue_delta, sat_delta
 
-    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(
+        self, frames: np.ndarray, rng: np.random.Generator, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One training clip; ``out`` (``[3, T, S, S]`` float32) receives it if given."""
         height, width = frames.shape[1:3]
         new_w, new_h = fixed_size(width, height, self.sizes[rng.integers(len(self.sizes))])
         flip = rng.random() < self.flip_p
@@ -285,10 +290,11 @@ class FinetuneTrainPreset:
         if brightness is not None:
             clip = dynamic_brightness(clip, np.full(num_frames, brightness))
         if contrast is not None:
-            clip = dynamic_contrast(clip, np.full(num_frames, contrast))
+            in_place = clip if clip.dtype == np.float32 else None
+            clip = dynamic_contrast(clip, np.full(num_frames, contrast), out=in_place)
         if hue_sat is not None:
             clip = adjust_hue_saturation(clip, *hue_sat)
-        return normalize(clip)
+        return normalize(clip, out=out)
 
 
 class EvalPreset:
@@ -302,9 +308,10 @@ class EvalPreset:
         self.crop_size = crop_size
         self.size = (_scaled(size[0], crop_size), _scaled(size[1], crop_size))
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """One test clip; ``out`` (``[3, T, S, S]`` float32) receives it if given."""
         height, width = frames.shape[1:3]
         new_w, new_h = fixed_size(width, height, self.size)
         x, y = (new_w - self.crop_size) // 2, (new_h - self.crop_size) // 2
         clip = resize_clip(frames, new_w, new_h)[:, y : y + self.crop_size, x : x + self.crop_size]
-        return normalize(to_planar(clip))
+        return normalize(to_planar(clip), out=out)

@@ -106,12 +106,9 @@ class FederatedRun:
             self.strategy.load_state_dict(resume.strategy_state)
             self.strategy.load_state_arrays(resume.strategy_arrays)
             self.emit({"type": "resumed", "round": start_round})
-        first_round_at = None
         for round_idx in range(start_round + 1, self.cfg.rounds + 1):
-            if first_round_at is None:
-                first_round_at = time.perf_counter()
             global_weights = self._round(round_idx, global_weights, heads, started, elapsed)
-        summary = self._summary(time.perf_counter() - started + elapsed, first_round_at, started)
+        summary = self._summary(time.perf_counter() - started + elapsed)
         self.run_dir.write_summary(summary)
         self.emit({"type": "done", "summary": summary})
         return summary
@@ -190,7 +187,7 @@ class FederatedRun:
                    "failed": sorted(outcome.failures), "status": status})
         return new_global
 
-    def _summary(self, wall_s: float, first_round_at: float | None, started: float) -> dict:
+    def _summary(self, wall_s: float) -> dict[str, Any]:
         records = self.run_dir.read_metrics()
         losses = [r["mean_loss"] for r in records]
         last = max((r["round"] for r in records), default=0)
@@ -203,5 +200,4 @@ class FederatedRun:
             "checkpoint": str(self.run_dir.checkpoint_path(last)) if last else None,
             "run_dir": str(self.run_dir.path),
             "wall_s": wall_s,
-            "setup_s": (first_round_at - started) if first_round_at else None,
         }
