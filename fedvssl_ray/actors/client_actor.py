@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import ray
 
+from ..aggregation import Weights
 from ..config import Config
-from ..training.client import ClientResult, ClientWorker, NeedHead
+from ..training.messages import ClientResult, NeedHead
 
 
 class ClientActor:
@@ -26,6 +27,9 @@ class ClientActor:
         stream_factory: Callable[[int], object],
         crash_on: Iterable[tuple[int, int]] = (),
     ) -> None:
+        # imported here: torch loads in client processes only, never in the driver or launcher
+        from ..training.client import ClientWorker
+
         self.worker = ClientWorker(
             cfg, stream_factory, max_cached_clients=cfg.client.max_cached_clients
         )
@@ -34,6 +38,10 @@ class ClientActor:
     def ready(self) -> dict[str, float]:
         """Called once after creation: the actor's pid and start-up memory."""
         return {"pid": os.getpid(), "rss_mb": peak_rss_mb()}
+
+    def initial_global(self) -> Weights:
+        """The shared weights of the seeded init (the round-0 global)."""
+        return self.worker.initial_global()
 
     def train(
         self,

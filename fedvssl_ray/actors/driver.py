@@ -1,4 +1,9 @@
-"""The driver actor: runs the federated round loop on Ray and streams progress to the script."""
+"""The driver actor: runs the federated round loop on Ray and streams progress to the script.
+
+:func:`start_driver` creates the client actors and the driver actor at the same time, so their
+processes start (and import torch, build models) concurrently; the driver itself never loads
+torch: it only samples, aggregates numpy arrays and writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +25,15 @@ from .pool import RayRunner
 
 
 class Driver:
-    """Owns the client pool and the round loop; ``events`` can be polled while ``run`` runs."""
+    """Owns the round loop over a client pool; ``events`` can be polled while ``run`` runs."""
 
-    def __init__(
-        self, cfg: Config, run_dir: str, crash_on: Iterable[tuple[int, int]] = ()
-    ) -> None:
+    def __init__(self, cfg: Config, run_dir: str, runner: RayRunner, shards_summary: str) -> None:
         self.cfg = cfg
         self.run_dir = RunDir(run_dir)
-        self.crash_on = list(crash_on)
+        self.runner: RayRunner | None = runner
+        self.shards_summary = shards_summary
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self.runner: RayRunner | None = None
         self.final_memory: dict[str, Any] = {}
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -44,16 +47,15 @@ class Driver:
             return self._events[cursor:], len(self._events)
 
     def run(self) -> dict[str, Any]:
-        """Build the shards and the actors, then run (or resume) every round."""
+        """Wait for the client actors, then run (or resume) every round."""
+        if self.runner is None:
+            raise RuntimeError("this driver already ran; start a new one")
         started = time.perf_counter()
-        shards = ClientShards.from_config(self.cfg)
-        self._emit({"type": "shards", "summary": shards.summary()})
-        self.runner = RayRunner(
-            self.cfg, shards.stream_factory(), shards.steps_per_client(), self.crash_on
-        )
-        self._emit({"type": "actors_ready", "num_actors": self.runner.num_actors,
-                    "setup_s": time.perf_counter() - started})
+        self._emit({"type": "shards", "summary": self.shards_summary})
         try:
+            self.runner.wait_ready()
+            self._emit({"type": "actors_ready", "num_actors": self.runner.num_actors,
+                        "wait_s": time.perf_counter() - started})
             summary = FederatedRun(self.cfg, self.run_dir, self.runner, self._emit).run()
             self.final_memory = self.memory()
             return summary
@@ -75,11 +77,14 @@ RemoteDriver = ray.remote(Driver)
 def start_driver(
     cfg: Config, run_dir: str | Path, crash_on: Iterable[tuple[int, int]] = ()
 ) -> ray.actor.ActorHandle:
-    """The driver actor, on this node (it writes the run directory), holding no CPU."""
+    """Create the client actors and the driver actor (on this node, which writes the run
+    directory; it holds no CPU) without waiting for either to start."""
+    shards = ClientShards.from_config(cfg)
+    runner = RayRunner(cfg, shards.stream_factory(), shards.steps_per_client(), crash_on)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return RemoteDriver.options(
         num_cpus=0, max_concurrency=4, scheduling_strategy=here
-    ).remote(cfg, str(run_dir), list(crash_on))
+    ).remote(cfg, str(run_dir), runner, shards.summary())
 
 
 def run_on_ray(

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from ..aggregation import Weights
 from ..config import Config
-from ..models import Weights
-from ..training.client import ClientResult, NeedHead
+from ..training.messages import ClientResult, NeedHead
 from ..training.rounds import EventSink, HeadSource, RoundOutcome
 from .client_actor import RemoteClientActor
 
@@ -85,7 +85,15 @@ class RayRunner:
         ]
         self.home = {c: c % self.num_actors for c in range(cfg.num_clients)}
         self.restarting: set[int] = set()  # actors that died and have not answered since
+        self.actor_info: list[dict[str, float]] = []
+
+    def wait_ready(self) -> None:
+        """Block until every actor finished its constructor (created concurrently, not waited
+        for at creation, so start-up overlaps with the driver's own)."""
         self.actor_info = ray.get([a.ready.remote() for a in self.actors])
+
+    def initial_global(self) -> Weights:
+        return ray.get(self.actors[0].initial_global.remote())
 
     def _threads(self, busy_actors: int) -> int:
         if self.cfg.client.torch_threads:

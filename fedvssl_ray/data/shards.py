@@ -13,7 +13,6 @@ from pathlib import Path
 from ..config import Config
 from .manifest import Manifest, VideoRecord, load_manifest
 from .partition import partition_videos, read_partitions
-from .pipeline import ClipStream
 from .synthetic import ensure_synthetic_dataset
 
 
@@ -54,7 +53,11 @@ class ShardStreams:
     root: Path
     cfg: Config
 
-    def __call__(self, client_id: int) -> ClipStream:
+    def __call__(self, client_id: int):
+        """The client's :class:`~fedvssl_ray.data.pipeline.ClipStream`."""
+        # imported here: the stream (and torch) is needed in client processes only
+        from .pipeline import ClipStream
+
         return ClipStream(
             list(self.shards[client_id]),
             partial(read_file_bytes, self.root),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,32 +20,10 @@ from ..aggregation import ClientUpdate, make_strategy
 from ..config import Config
 from ..models import Weights, build_ctp_model, get_weights, keys_with_prefix, set_weights
 from .local import SgdParams, train_local
+from .messages import ClientResult, NeedHead, client_seed
 from .strategy_params import strategy_params
 
 StreamFactory = Callable[[int], object]  # client id -> object with .batches(round, epoch), .num_videos
-
-
-@dataclass(frozen=True)
-class ClientResult:
-    """A finished local round: the update for the server, the new head, and timings."""
-
-    update: ClientUpdate
-    head: Weights
-    steps: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NeedHead:
-    """The worker no longer holds this client's head at the asked version: send it along."""
-
-    client_id: int
-    version: int
-
-
-def client_seed(seed: int, client_id: int, round_idx: int) -> int:
-    """A torch seed for (run seed, client, round): new every round, reproducible."""
-    return int(np.random.SeedSequence([seed, client_id, round_idx]).generate_state(1)[0])
 
 
 class ClientWorker:
@@ -69,6 +46,7 @@ class ClientWorker:
         self.init_head = get_weights(self.model, self.head_keys)  # common init on every client
         strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
         self.upload_keys = strategy.upload_keys(list(self.model.state_dict()))
+        self.shared_keys = strategy.shared_keys(list(self.model.state_dict()))
         self.stream_factory = stream_factory
         self.max_cached_clients = max(1, max_cached_clients)
         self.heads: OrderedDict[int, tuple[int, Weights]] = OrderedDict()
@@ -129,6 +107,16 @@ class ClientWorker:
             "threads": float(torch.get_num_threads()),
         }
         return ClientResult(update, new_head, steps, timings)
+
+    def initial_global(self) -> Weights:
+        """The round-0 global: the shared entries of the seeded init (identical on every client).
+
+        Built afresh, since this worker's own model may have trained already.
+        """
+        model = build_ctp_model(
+            self.cfg.model.backbone, num_frames=self.cfg.data.clip_len, seed=self.cfg.seed
+        )
+        return get_weights(model, self.shared_keys)
 
     def _head_for(
         self, client_id: int, version: int, head: Mapping[str, np.ndarray] | None

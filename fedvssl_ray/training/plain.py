@@ -16,7 +16,8 @@ import torch
 from ..config import Config
 from ..models import Weights
 from ..run_dir import RunDir
-from .client import ClientResult, ClientWorker, NeedHead, StreamFactory
+from .client import ClientWorker, StreamFactory
+from .messages import ClientResult, NeedHead
 from .rounds import EventSink, FederatedRun, HeadSource, RoundOutcome
 
 
@@ -37,6 +38,9 @@ class PlainRunner:
     def __init__(self, cfg: Config, stream_factory: StreamFactory) -> None:
         self.threads = cfg.client.torch_threads or torch.get_num_threads()
         self.worker = ClientWorker(cfg, stream_factory, max_cached_clients=cfg.num_clients)
+
+    def initial_global(self) -> Weights:
+        return self.worker.initial_global()
 
     def run_round(
         self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],

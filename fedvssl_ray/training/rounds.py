@@ -15,11 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..aggregation import NoValidUpdatesError, make_strategy
+from ..aggregation import NoValidUpdatesError, Weights, make_strategy
 from ..config import Config
-from ..models import Weights, build_ctp_model, get_weights
 from ..run_dir import RunDir
-from .client import ClientResult
+from .messages import ClientResult
 from .strategy_params import strategy_params
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -59,6 +58,9 @@ class RoundOutcome:
 class ClientRunner(Protocol):
     """Trains the sampled clients of a round from the global weights, wherever they run."""
 
+    def initial_global(self) -> Weights:
+        """The round-0 global, from the seeded model init the clients share."""
+
     def run_round(
         self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],
         heads: HeadSource, emit: EventSink,
@@ -73,13 +75,6 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, per_round: int) 
     return sorted(int(c) for c in rng.choice(num_clients, size=per_round, replace=False))
 
 
-def initial_global(cfg: Config, strategy) -> Weights:
-    """The round-0 global: the shared entries of the seeded CtP model (same init on all clients)."""
-    model = build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
-    weights = get_weights(model)
-    return {k: weights[k] for k in strategy.shared_keys(list(weights))}
-
-
 class FederatedRun:
     """Drives rounds from the last complete one to ``cfg.rounds``."""
 
@@ -89,7 +84,7 @@ class FederatedRun:
         self.cfg = cfg
         self.run_dir = run_dir
         self.runner = runner
-        self.emit = emit or (lambda event: None)
+        self.emit = emit or (lambda event: None)  # progress events, e.g. to the launching script
         self.strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
 
     def run(self) -> dict[str, Any]:
@@ -97,7 +92,7 @@ class FederatedRun:
         started = time.perf_counter()
         resume = self.run_dir.load_resume_state() if self.cfg.resume else None
         if resume is None:
-            global_weights, start_round, elapsed = initial_global(self.cfg, self.strategy), 0, 0.0
+            global_weights, start_round, elapsed = self.runner.initial_global(), 0, 0.0
             heads = HeadSource(self.run_dir, {})
         else:
             global_weights, start_round = resume.global_weights, resume.round
