@@ -53,7 +53,7 @@ class ClientConfig:
     grad_clip: float = 40.0  # max global L2 norm of the gradient; 0 disables clipping
     num_gpus: float = 0.0  # per actor; fractional values share a GPU
     num_cpus: float = 1.0  # per actor, as scheduled by Ray
-    num_actors: int = 0  # 0: one actor per GPU, or per two CPU cores, capped by clients_per_round
+    num_actors: int = 0  # 0: as many as the GPUs (else CPUs) hold, at most clients_per_round
     torch_threads: int = 0  # per actor; 0: the cores divided among the actors still busy
     max_cached_clients: int = 16  # per actor: clients whose head and shard stay in memory
     replay: bool = False  # every round draws the same clips (the Flower baseline reseeds each round)

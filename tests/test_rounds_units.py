@@ -34,8 +34,10 @@ def test_assignment_places_long_clients_first():
 
 def test_actor_plan():
     cfg = load_config("synthetic", ["client.num_actors=0"])
-    assert plan_actors(cfg, cluster_cpus=2, cluster_gpus=0) == 1
+    assert plan_actors(cfg, cluster_cpus=2, cluster_gpus=0) == 2
     assert plan_actors(cfg, cluster_cpus=16, cluster_gpus=0) == 5  # capped by clients_per_round
+    two_cpus_each = load_config("synthetic", ["client.num_cpus=2"])
+    assert plan_actors(two_cpus_each, cluster_cpus=8, cluster_gpus=0) == 4
     gpu = load_config("ucf101")
     assert plan_actors(gpu, cluster_cpus=16, cluster_gpus=2) == 2
     fixed = load_config("synthetic", ["client.num_actors=3"])

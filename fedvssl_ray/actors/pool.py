@@ -25,13 +25,14 @@ from .client_actor import RemoteClientActor
 
 
 def plan_actors(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> int:
-    """How many client actors to start: config, else one per GPU share or per two CPU cores."""
+    """How many client actors to start: config, else as many as the cluster's GPUs (or CPUs)
+    hold at ``client.num_gpus`` (or ``client.num_cpus``) each, at most one per sampled client."""
     if cfg.client.num_actors:
         return min(cfg.client.num_actors, cfg.num_clients)
     if cfg.client.num_gpus > 0:
         fit = int(cluster_gpus // cfg.client.num_gpus)
     else:
-        fit = int(cluster_cpus // 2)
+        fit = int(cluster_cpus // max(1.0, cfg.client.num_cpus))
     return max(1, min(fit, cfg.clients_per_round))
 
 

@@ -227,6 +227,19 @@ class Strategy(ABC):
         return Coefficients(self._client_weight(sample, loss), sample, loss)
 
 
+def client_sums(
+    valid: Sequence[ClientUpdate], columns: Sequence[np.ndarray], layout: Layout
+) -> list[WeightedSum]:
+    """One weighted sum per column of client coefficients: sum_k column[k] * theta_k."""
+    sums = []
+    for column in columns:
+        total = WeightedSum(layout)
+        for update, c in zip(valid, column, strict=True):
+            total.add(update.weights, c)
+        sums.append(total)
+    return sums
+
+
 def _nonfinite_culprits(valid: Sequence[ClientUpdate], keys: Sequence[str]) -> dict[int, Rejection]:
     """Updates holding NaN/Inf in any of ``keys``, by object id."""
     culprits = {}

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedvssl_ray.aggregation.accumulate import WeightedSum
-from fedvssl_ray.aggregation.base import Coefficients, Strategy
+from fedvssl_ray.aggregation.base import Coefficients, Strategy, client_sums
 from fedvssl_ray.aggregation.keys import BACKBONE, KeyFilter
 from fedvssl_ray.aggregation.strategies import check_fraction, check_switch
 from fedvssl_ray.aggregation.updates import ClientUpdate, Weights
@@ -136,10 +136,7 @@ class FlowerCompat(Strategy):
     ) -> tuple[list[WeightedSum], float]:
         assert coeffs.sample is not None
         if self.params.fedavg:
-            total = WeightedSum(layout)
-            for update, a in zip(valid, coeffs.sample, strict=True):
-                total.add(update.weights, a)
-            return [total], 0.0
+            return client_sums(valid, [coeffs.sample], layout), 0.0
         assert coeffs.loss is not None
         swa = self.params.swbeta == 1 and round >= 2
         if swa and len(self._saved) != 2:
@@ -149,10 +146,8 @@ class FlowerCompat(Strategy):
             )
         half = 0.5 if swa else 1.0
         m = self.params.mix_coeff
-        sums = [WeightedSum(layout), WeightedSum(layout)]
-        for update, a, w in zip(valid, coeffs.sample, coeffs.loss, strict=True):
-            sums[0].add(update.weights, half * m * a)
-            sums[1].add(update.weights, half * (1.0 - m) * w)
+        sides = [half * m * coeffs.sample, half * (1.0 - m) * coeffs.loss]
+        sums = client_sums(valid, sides, layout)
         if swa:
             for total, saved in zip(sums, self._saved, strict=True):
                 if list(saved) != list(layout) or any(

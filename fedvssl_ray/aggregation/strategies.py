@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedvssl_ray.aggregation.accumulate import WeightedSum
-from fedvssl_ray.aggregation.base import Coefficients, Strategy
+from fedvssl_ray.aggregation.base import Coefficients, Strategy, client_sums
 from fedvssl_ray.aggregation.keys import KeyFilter
 from fedvssl_ray.aggregation.updates import ClientUpdate, Weights
 from fedvssl_ray.aggregation.validate import Layout
@@ -138,9 +138,7 @@ class FedVssl(Strategy):
         layout: Layout,
     ) -> tuple[list[WeightedSum], float]:
         decay = self.params.decay if self._needs_previous(round) else 0.0
-        total = WeightedSum(layout)
-        for update, c in zip(valid, coeffs.weight, strict=True):
-            total.add(update.weights, (1.0 - decay) * c)
+        [total] = client_sums(valid, [(1.0 - decay) * coeffs.weight], layout)
         if decay:
             assert previous is not None
             total.add(previous, decay)

@@ -250,6 +250,16 @@ class _Cursor:
         return None if self.seen is None else self.seen[1]
 
 
+def wanted_indices(indices: Sequence[int], label: str) -> list[int]:
+    """The distinct requested frame indices, sorted; ValueError if none or any is negative."""
+    wanted = sorted({int(i) for i in indices})
+    if not wanted:
+        raise ValueError(f"no frame indices requested for {label}")
+    if wanted[0] < 0:
+        raise ValueError(f"frame indices must be >= 0, got {wanted[0]} for {label}")
+    return wanted
+
+
 def read_frames(
     src: VideoSource,
     indices: Sequence[int],
@@ -268,11 +278,7 @@ def read_frames(
     :param name: the name used in errors (e.g. the video id when ``src`` is bytes).
     """
     label = source_name(src, name)
-    wanted = sorted({int(i) for i in indices})
-    if not wanted:
-        raise ValueError(f"no frame indices requested for {label}")
-    if wanted[0] < 0:
-        raise ValueError(f"frame indices must be >= 0, got {wanted[0]} for {label}")
+    wanted = wanted_indices(indices, label)
     try:
         with _open_video(src, label, threads) as (container, stream):
             frames = _read(container, stream, wanted, label, allow_seek=True)

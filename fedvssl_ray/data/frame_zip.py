@@ -29,6 +29,7 @@ from fedvssl_ray.data.decode import (
     VideoSource,
     frames_to_array,
     source_name,
+    wanted_indices,
 )
 
 FRAME_ZIP_CODEC = "jpeg-zip"
@@ -93,11 +94,7 @@ def read_frames(
     An index past the last frame gives the last frame; each distinct index is decoded once.
     """
     label = source_name(src, name)
-    wanted = sorted({int(i) for i in indices})
-    if not wanted:
-        raise ValueError(f"no frame indices requested for {label}")
-    if wanted[0] < 0:
-        raise ValueError(f"frame indices must be >= 0, got {wanted[0]} for {label}")
+    wanted = wanted_indices(indices, label)
     with _open_zip(src, label) as archive:
         names = _frame_names(archive, label)
         by_entry: dict[int, av.VideoFrame] = {}

@@ -279,6 +279,36 @@ def prepare_splits(
     return reports
 
 
+def prepare_numbered_split(
+    root: Path,
+    train: list[VideoEntry],
+    test: list[VideoEntry],
+    out_dir: Path,
+    *,
+    split: int,
+    dataset: str,
+    class_names: Sequence[str],
+    workers: int | None = None,
+    log: TextIO | None = sys.stderr,
+) -> list[PrepareReport]:
+    """:func:`prepare_splits` for train/test split ``split`` under the original pipeline's names.
+
+    Writes ``manifests/{train,test}_split<N>.parquet`` and
+    ``annotations/{train,test}_split_<N>.json``.
+    """
+    return prepare_splits(
+        root,
+        {f"train_split{split}": train, f"test_split{split}": test},
+        out_dir,
+        dataset=dataset,
+        class_names=class_names,
+        manifest_name=lambda s: f"{s}.parquet",
+        annotation_name=lambda s: s.replace("_split", "_split_") + ".json",
+        workers=workers,
+        log=log,
+    )
+
+
 def _record(entry: VideoEntry, result: dict) -> VideoRecord:
     info = result["info"]
     return VideoRecord(

@@ -23,7 +23,7 @@ from fedvssl_ray.data.prepare.common import (
     VideoEntry,
     index_files,
     pick_file,
-    prepare_splits,
+    prepare_numbered_split,
     read_lines,
     require_dir,
 )
@@ -85,14 +85,14 @@ def prepare_hmdb51(
                 class_name=class_name,
             )
             (train if tag == TRAIN_TAG else test).append(entry)
-    return prepare_splits(
+    return prepare_numbered_split(
         raw_dir,
-        {f"train_split{split}": train, f"test_split{split}": test},
+        train,
+        test,
         Path(out_dir),
+        split=split,
         dataset="hmdb51",
         class_names=class_names,
-        manifest_name=lambda s: f"{s}.parquet",
-        annotation_name=lambda s: s.replace("_split", "_split_") + ".json",
         workers=workers,
         log=log,
     )

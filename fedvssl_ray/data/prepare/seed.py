@@ -20,7 +20,7 @@ from fedvssl_ray.data.prepare.common import (
     PrepareError,
     PrepareReport,
     VideoEntry,
-    prepare_splits,
+    prepare_numbered_split,
     require_dir,
 )
 
@@ -64,21 +64,21 @@ def prepare_seed(
             folder_of.setdefault(label, name.split("/")[0])
     num_classes = 1 + max(label for items in lists.values() for _, label in items)
     class_names = [folder_of.get(i, str(i)) for i in range(num_classes)]
-    splits = {
-        f"{kind}_split{split}": [
+    train, test = (
+        [
             VideoEntry(name, _archive(root, name), label, class_names[label])
-            for name, label in items
+            for name, label in lists[kind]
         ]
-        for kind, items in lists.items()
-    }
-    return prepare_splits(
+        for kind in ("train", "test")
+    )
+    return prepare_numbered_split(
         root,
-        splits,
+        train,
+        test,
         Path(out_dir),
+        split=split,
         dataset="seed",
         class_names=class_names,
-        manifest_name=lambda s: f"{s}.parquet",
-        annotation_name=lambda s: s.replace("_split", "_split_") + ".json",
         workers=workers,
         log=log,
     )

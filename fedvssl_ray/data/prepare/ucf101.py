@@ -23,7 +23,7 @@ from fedvssl_ray.data.prepare.common import (
     VideoEntry,
     index_files,
     pick_file,
-    prepare_splits,
+    prepare_numbered_split,
     read_lines,
     require_dir,
 )
@@ -102,22 +102,14 @@ def prepare_ucf101(
     lists_dir = find_splits_dir(splits_dir)
     class_names = read_class_index(lists_dir / "classInd.txt")
     index = index_files(raw_dir, VIDEO_SUFFIXES)
-    splits = {
-        f"train_split{split}": list_entries(
-            lists_dir / f"trainlist{split:02d}.txt", class_names, index
-        ),
-        f"test_split{split}": list_entries(
-            lists_dir / f"testlist{split:02d}.txt", class_names, index
-        ),
-    }
-    return prepare_splits(
+    return prepare_numbered_split(
         raw_dir,
-        splits,
+        list_entries(lists_dir / f"trainlist{split:02d}.txt", class_names, index),
+        list_entries(lists_dir / f"testlist{split:02d}.txt", class_names, index),
         Path(out_dir),
+        split=split,
         dataset="ucf101",
         class_names=class_names,
-        manifest_name=lambda s: f"{s}.parquet",
-        annotation_name=lambda s: s.replace("_split", "_split_") + ".json",
         workers=workers,
         log=log,
     )
