@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--backbones", nargs="+", default=["r3d10_narrow", "r3d_18"])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (scaling: 8)")
     parser.add_argument("--clients", type=int, default=5)
-    parser.add_argument("--actors", type=int, nargs="+", default=[0, 2],
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2],
                         help="client.num_actors values to run (0: automatic)")
     parser.add_argument("--scaling", action="store_true", help="run the client-count scaling")
     parser.add_argument("--scaling-clients", type=int, nargs="+", default=[10, 100, 1000])
