@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedvssl_ray.actors.pool import assign_round, plan_actors
+from fedvssl_ray.actors.pool import assign_round, plan_actors, thread_plan
 from fedvssl_ray.config import load_config
 from fedvssl_ray.run_dir import RunDir, RunDirError
 
@@ -30,6 +30,14 @@ def test_assignment_places_long_clients_first():
     queues = assign_round([0, 1, 2], steps, home, 2)
     loads = [sum(steps[c] for c in q) for q in queues]
     assert max(loads) == 10
+
+
+def test_thread_plan_gives_the_lone_last_client_every_core():
+    queues = [[0, 2, 4], [1, 3]]
+    steps = {c: 3 for c in range(5)}
+    assert thread_plan(queues, steps, budget=2) == {0: 1, 2: 1, 4: 2, 1: 1, 3: 1}
+    uneven = thread_plan([[0], [1, 2]], {0: 6, 1: 2, 2: 2}, budget=4)
+    assert uneven == {0: 2, 1: 2, 2: 2}
 
 
 def test_actor_plan():

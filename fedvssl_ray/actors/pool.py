@@ -54,6 +54,23 @@ def assign_round(
     return [sorted(q) for q in queues]
 
 
+def thread_plan(
+    queues: Sequence[Sequence[int]], steps: Mapping[int, int], budget: int
+) -> dict[int, int]:
+    """Torch threads per client of a round: the budget divided among the actors still working
+    when the client starts (by planned steps). Fixed by the plan alone, never by timing, so the
+    same config always computes the same numbers."""
+    totals = [sum(steps[c] for c in queue) for queue in queues]
+    threads = {}
+    for queue in queues:
+        offset = 0
+        for client_id in queue:
+            busy = sum(1 for total in totals if total > offset)
+            threads[client_id] = max(1, budget // max(1, busy))
+            offset += steps[client_id]
+    return threads
+
+
 class RayRunner:
     """Creates the client actors once and trains each round's clients on them."""
 
@@ -96,12 +113,12 @@ class RayRunner:
     def initial_global(self) -> Weights:
         return ray.get(self.actors[0].initial_global.remote())
 
-    def _threads(self, busy_actors: int) -> int:
+    def _threads(self, queues: Sequence[Sequence[int]]) -> dict[int, int]:
         if self.cfg.client.torch_threads:
-            return self.cfg.client.torch_threads
+            return {c: self.cfg.client.torch_threads for q in queues for c in q}
         if self.cfg.client.num_gpus > 0:
-            return max(1, int(self.cfg.client.num_cpus))
-        return max(1, self.thread_budget // max(1, busy_actors))
+            return {c: max(1, int(self.cfg.client.num_cpus)) for q in queues for c in q}
+        return thread_plan(queues, self.client_steps, self.thread_budget)
 
     def run_round(
         self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],
@@ -111,6 +128,7 @@ class RayRunner:
         global_ref = ray.put(global_weights)
         broadcast_s = time.perf_counter() - start
         queues = assign_round(client_ids, self.client_steps, self.home, self.num_actors)
+        threads = self._threads(queues)
         pending: dict[ray.ObjectRef, tuple[int, int]] = {}
         results: list[ClientResult] = []
         failures: dict[int, str] = {}
@@ -120,11 +138,9 @@ class RayRunner:
             if actor in self.restarting and not self._await_restart(actor):
                 failures[client_id] = "client actor did not come back after a crash"
                 return
-            busy = {a for a, _ in pending.values()} | {a for a, q in enumerate(queues) if q}
-            busy.add(actor)
             ref = self.actors[actor].train.remote(
                 global_ref, round_idx, client_id, head_version=heads.version(client_id),
-                head=head, threads=self._threads(len(busy)),
+                head=head, threads=threads[client_id],
             )
             pending[ref] = (actor, client_id)
 
