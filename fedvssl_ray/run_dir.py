@@ -92,22 +92,28 @@ class RunDir:
     def head_path(self, client_id: int, version: int) -> Path:
         return self.heads_dir / f"client-{client_id:05d}-round-{version:04d}.npz"
 
-    def commit_round(
+    def save_round(
         self,
         round_idx: int,
         global_weights: Mapping[str, np.ndarray],
         new_heads: Mapping[int, Mapping[str, np.ndarray]],
-        head_versions: Mapping[int, int],
-        strategy_state: Mapping[str, Any],
         strategy_arrays: Mapping[str, np.ndarray],
-        elapsed_s: float,
     ) -> None:
-        """Persist a finished round; ``state.json`` is written last and marks it complete."""
+        """Write a finished round's arrays; the round counts only once :meth:`mark_complete`."""
         for client_id, head in new_heads.items():
             save_arrays(self.head_path(client_id, round_idx), dict(head))
         save_arrays(self.checkpoint_path(round_idx), dict(global_weights), {"round": round_idx})
-        strategy_file = self.state_dir / f"strategy-round-{round_idx:04d}.npz"
-        save_arrays(strategy_file, dict(strategy_arrays))
+        save_arrays(self._strategy_path(round_idx), dict(strategy_arrays))
+
+    def mark_complete(
+        self,
+        round_idx: int,
+        head_versions: Mapping[int, int],
+        strategy_state: Mapping[str, Any],
+        elapsed_s: float,
+    ) -> None:
+        """Write ``state.json`` (the commit marker) for a saved round and drop superseded files."""
+        strategy_file = self._strategy_path(round_idx)
         save_json_atomic(
             self.state_path,
             {
@@ -120,6 +126,9 @@ class RunDir:
             },
         )
         self._prune(head_versions, keep_strategy=strategy_file)
+
+    def _strategy_path(self, round_idx: int) -> Path:
+        return self.state_dir / f"strategy-round-{round_idx:04d}.npz"
 
     def _prune(self, head_versions: Mapping[int, int], keep_strategy: Path) -> None:
         """Delete head files superseded by a committed round, and older strategy arrays."""

@@ -60,11 +60,12 @@ def test_run_dir_refuses_to_overwrite_and_resumes_only_committed_rounds(tmp_path
     assert run.load_resume_state() is None
     weights = {"backbone.w": np.ones(3, np.float32)}
     head = {"head.w": np.zeros(2, np.float32)}
-    run.commit_round(1, weights, {0: head}, {0: 1}, {"name": "fedvssl"}, {}, 1.0)
+    run.save_round(1, weights, {0: head}, {})
     run.append_metrics({"round": 1, "mean_loss": 1.0, "status": "ok"})
-    run.commit_round(2, {"backbone.w": 2 * weights["backbone.w"]}, {1: head}, {0: 1, 1: 2},
-                     {"name": "fedvssl"}, {}, 2.0)
+    run.mark_complete(1, {0: 1}, {"name": "fedvssl"}, 1.0)
+    run.save_round(2, {"backbone.w": 2 * weights["backbone.w"]}, {1: head}, {})
     run.append_metrics({"round": 2, "mean_loss": 0.5, "status": "ok"})
+    run.mark_complete(2, {0: 1, 1: 2}, {"name": "fedvssl"}, 2.0)
     # a third round that died before its commit marker
     (run.heads_dir / "client-00000-round-0003.npz").write_bytes(b"torn")
     (run.checkpoints / "round-0003.npz").write_bytes(b"torn")

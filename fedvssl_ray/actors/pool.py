@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -77,7 +77,7 @@ class RayRunner:
     def __init__(
         self,
         cfg: Config,
-        stream_factory,
+        stream_factory: Callable[[int], object],
         client_steps: Mapping[int, int],
         crash_on: Iterable[tuple[int, int]] = (),
     ) -> None:
@@ -85,10 +85,10 @@ class RayRunner:
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         self.num_actors = plan_actors(cfg, cpus, gpus)
-        # torch threads shared by the actors: the whole machine on one node, else their CPU share
-        alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        per_actor = max(1, int(cfg.client.num_cpus))
-        self.thread_budget = int(cpus) if alive_nodes <= 1 else self.num_actors * per_actor
+        # on one node the actors share the machine's cores (an idle actor's threads go to the
+        # busy ones); across nodes each keeps its own CPU share
+        self.single_node = sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+        self.thread_budget = int(cpus)
         self.client_steps = dict(client_steps)
         options = {
             "num_cpus": cfg.client.num_cpus,
@@ -103,12 +103,11 @@ class RayRunner:
         ]
         self.home = {c: c % self.num_actors for c in range(cfg.num_clients)}
         self.restarting: set[int] = set()  # actors that died and have not answered since
-        self.actor_info: list[dict[str, float]] = []
 
     def wait_ready(self) -> None:
         """Block until every actor finished its constructor (created concurrently, not waited
         for at creation, so start-up overlaps with the driver's own)."""
-        self.actor_info = ray.get([a.ready.remote() for a in self.actors])
+        ray.get([a.ready.remote() for a in self.actors])
 
     def initial_global(self) -> Weights:
         return ray.get(self.actors[0].initial_global.remote())
@@ -116,7 +115,7 @@ class RayRunner:
     def _threads(self, queues: Sequence[Sequence[int]]) -> dict[int, int]:
         if self.cfg.client.torch_threads:
             return {c: self.cfg.client.torch_threads for q in queues for c in q}
-        if self.cfg.client.num_gpus > 0:
+        if self.cfg.client.num_gpus > 0 or not self.single_node:
             return {c: max(1, int(self.cfg.client.num_cpus)) for q in queues for c in q}
         return thread_plan(queues, self.client_steps, self.thread_budget)
 

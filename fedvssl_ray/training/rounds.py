@@ -137,9 +137,10 @@ class FederatedRun:
             new_global = self.strategy.aggregate(
                 [r.update for r in results], previous=global_weights, round=round_idx
             )
-            report = self.strategy.last_report.to_dict()
         except NoValidUpdatesError as err:
-            new_global, status, report = global_weights, f"failed: {err}", {}
+            new_global, status = global_weights, f"failed: {err}"
+        last_report = self.strategy.last_report  # also set when every update was rejected
+        report = last_report.to_dict() if last_report is not None else {}
         aggregated = time.perf_counter()
         accepted = {int(c["client_id"]) for c in report.get("clients", ())}
         for r in results:
@@ -163,11 +164,7 @@ class FederatedRun:
             "aggregation": report,
             "failed": {str(c): msg for c, msg in outcome.failures.items()},
         }
-        self.run_dir.commit_round(
-            round_idx, new_global, new_heads, heads.versions, self.strategy.state_dict(),
-            self.strategy.state_arrays(), elapsed + time.perf_counter() - started,
-        )
-        heads.fresh.clear()
+        self.run_dir.save_round(round_idx, new_global, new_heads, self.strategy.state_arrays())
         done = time.perf_counter()
         record["time"] = {
             "round_s": done - round_start,
@@ -176,7 +173,13 @@ class FederatedRun:
             "aggregate_s": aggregated - trained,
             "checkpoint_s": done - aggregated,
         }
+        # metrics line before the commit marker: a resume drops lines of unmarked rounds
         self.run_dir.append_metrics(record)
+        self.run_dir.mark_complete(
+            round_idx, heads.versions, self.strategy.state_dict(),
+            elapsed + time.perf_counter() - started,
+        )
+        heads.fresh.clear()
         self.emit({"type": "round_end", "round": round_idx, "rounds": cfg.rounds,
                    "mean_loss": record["mean_loss"], "round_s": done - round_start,
                    "failed": sorted(outcome.failures), "status": status})
