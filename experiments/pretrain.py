@@ -19,6 +19,7 @@ from common import ProgressPrinter, config_parser, exit_on_error, resolve_config
 from fedvssl_ray.config import Config, apply_overrides, format_config, override
 from fedvssl_ray.data.shards import ClientShards, ensure_dataset
 from fedvssl_ray.run_dir import RunDir
+from fedvssl_ray.training.rounds import RunStopped
 
 
 def parse_args(argv: list[str] | None):
@@ -80,19 +81,37 @@ def main(argv: list[str] | None = None) -> int:
         exit_on_error(run_dir.create, cfg)
     progress = ProgressPrinter(cfg, launched)
     print(f"run directory: {run_dir.path}")
-    if args.engine == "plain":
+    try:
+        summary = run(args.engine, cfg, run_dir, progress)
+    except RunStopped as err:
+        print(f"run stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume {run_dir.path}", file=sys.stderr)
+        return 130
+    progress.final(summary)
+    return 0
+
+
+def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) -> dict:
+    """Run every round with the chosen engine; a stopped run raises :class:`RunStopped`."""
+    if engine == "plain":
         from fedvssl_ray.training.plain import run_plain
 
         shards = ClientShards.from_config(cfg)
         progress({"type": "shards", "summary": shards.summary()})
-        summary = run_plain(cfg, run_dir, shards.stream_factory(), progress)
-    else:
-        from fedvssl_ray.actors.driver import run_on_ray, start_driver
+        return run_plain(cfg, run_dir, shards.stream_factory(), progress)
+    import ray
 
-        start_ray(cfg)
-        summary = run_on_ray(start_driver(cfg, run_dir.path), progress)
-    progress.final(summary)
-    return 0
+    from fedvssl_ray.actors.driver import run_on_ray, start_driver
+
+    start_ray(cfg)
+    try:
+        return run_on_ray(start_driver(cfg, run_dir.path), progress)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, RunStopped):
+            raise err.cause from None
+        raise
 
 
 if __name__ == "__main__":

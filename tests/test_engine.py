@@ -12,7 +12,7 @@ from fedvssl_ray.data.shards import ClientShards
 from fedvssl_ray.data.synthetic import ensure_synthetic_dataset
 from fedvssl_ray.run_dir import RunDir
 from fedvssl_ray.training.plain import run_plain
-from fedvssl_ray.training.rounds import sample_clients
+from fedvssl_ray.training.rounds import RunStopped, sample_clients
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +139,37 @@ def test_client_killed_mid_round_is_dropped_then_rejoins(ray_cluster, tiny_root,
     assert {u["client"] for u in round2["updates"]} == {0, 2}
     assert "1" in round2["failed"] and "died" in round2["failed"]["1"]
     assert {u["client"] for u in records[2]["updates"]} == {0, 1, 2}
+
+
+class FailingFor:
+    """A stream factory whose streams fail for some clients (a client that raises)."""
+
+    def __init__(self, inner, failing: set[int]) -> None:
+        self.inner, self.failing = inner, failing
+
+    def __call__(self, client_id: int):
+        if client_id in self.failing:
+            raise OSError(f"shard of client {client_id} is unreadable")
+        return self.inner(client_id)
+
+
+def test_a_raising_client_is_dropped_and_the_round_goes_on(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, tmp_path / "raise", "rounds=1")
+    run_dir = RunDir(cfg.run_dir)
+    run_dir.create(cfg)
+    factory = FailingFor(ClientShards.from_config(cfg).stream_factory(), {2})
+    summary = run_plain(cfg, run_dir, factory)
+    record = run_dir.read_metrics()[0]
+    assert summary["rounds"] == 1 and record["status"] == "ok"
+    assert {u["client"] for u in record["updates"]} == {0, 1}
+    assert "unreadable" in record["failed"]["2"]
+
+
+def test_too_few_clients_stops_the_run_with_a_resumable_state(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, tmp_path / "stop", "rounds=2", "min_clients=2")
+    run_dir = RunDir(cfg.run_dir)
+    run_dir.create(cfg)
+    factory = FailingFor(ClientShards.from_config(cfg).stream_factory(), {0, 1})
+    with pytest.raises(RunStopped, match=r"round 1: only 1 of 3 clients succeeded twice.*--resume"):
+        run_plain(cfg, run_dir, factory)
+    assert run_dir.load_resume_state() is None  # nothing committed: a resume starts at round 1
