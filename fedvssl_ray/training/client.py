@@ -143,7 +143,3 @@ class ClientWorker:
         cache.move_to_end(client_id)
         while len(cache) > self.max_cached_clients:
             cache.popitem(last=False)
-
-    def cached_clients(self) -> list[int]:
-        """Clients whose clip stream (and cached shard) this worker holds now."""
-        return list(self.streams)
