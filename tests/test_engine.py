@@ -173,3 +173,40 @@ def test_too_few_clients_stops_the_run_with_a_resumable_state(tiny_root, tmp_pat
     with pytest.raises(RunStopped, match=r"round 1: only 1 of 3 clients succeeded twice.*--resume"):
         run_plain(cfg, run_dir, factory)
     assert run_dir.load_resume_state() is None  # nothing committed: a resume starts at round 1
+
+
+def test_process_killed_mid_run_resumes_to_identical_weights(tiny_root, tmp_path):
+    """SIGKILL the real script once round 2 is committed, resume it, compare with a full run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "experiments" / "pretrain.py"
+    common = [f"data.root={tiny_root}", "rounds=6", "num_clients=3", "clients_per_round=3",
+              "data.crop_size=32", "client.batch_size=2", "client.torch_threads=1",
+              "client.local_epochs=1", "client.replay=false"]
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, str(script), "--engine", "plain", f"run_dir={full}", *common],
+                   check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--engine", "plain", f"run_dir={killed}", *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    state = killed / "state" / "state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["round"] >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "summary.json").exists()
+    subprocess.run([sys.executable, str(script), "--engine", "plain", "--resume", str(killed)],
+                   check=True, capture_output=True, timeout=300)
+    assert [r["round"] for r in RunDir(killed).read_metrics()] == [1, 2, 3, 4, 5, 6]
+    assert_same_weights(final_weights(full), final_weights(killed))
