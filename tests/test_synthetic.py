@@ -103,64 +103,28 @@ def test_decoded_frames_match_the_rendered_ones(tmp_path):
     assert np.abs(decoded - rendered[[0, 15]].astype(int)).mean() < 12  # lossy MPEG-4
 
 
+def run_prepare(*args: str) -> subprocess.CompletedProcess:
+    """Run ``experiments/prepare.py`` with ``args`` as a user would."""
+    script = str(REPO / "experiments" / "prepare.py")
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def test_command_line_synthetic_then_partition(tmp_path):
     out = tmp_path / "s"
-    script = str(REPO / "experiments" / "prepare.py")
-    sizes = [
-        "--num-classes",
-        "4",
-        "--videos-per-class",
-        "4",
-        "--frames",
-        "16",
-        "--width",
-        "64",
-        "--height",
-        "48",
-    ]
-    done = subprocess.run(
-        [sys.executable, script, "synthetic", "--out", str(out), *sizes],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    sizes = ["--num-classes", "4", "--videos-per-class", "4", "--frames", "16",
+             "--width", "64", "--height", "48"]
+    done = run_prepare("synthetic", "--out", str(out), *sizes)
     assert done.returncode == 0, done.stderr
     assert "prepared 8/8" in done.stderr
     manifest = out / "manifests" / "train_split1.parquet"
-    done = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "partition",
-            "--manifest",
-            str(manifest),
-            "--num-clients",
-            "3",
-            "--scheme",
-            "iid",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_prepare("partition", "--manifest", str(manifest), "--num-clients", "3",
+                       "--scheme", "iid")
     assert done.returncode == 0, done.stderr
     assert "client   1:" in done.stdout and "total 8 entries, 8 unique videos" in done.stdout
     parts = read_partitions(out / "partitions" / "iid-3", load_manifest(manifest).records)
     assert [len(p) for p in parts] == [2, 3, 3]
-    done = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "partition",
-            "--manifest",
-            str(manifest),
-            "--num-clients",
-            "3",
-            "--scheme",
-            "k400-noniid",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_prepare("partition", "--manifest", str(manifest), "--num-clients", "3",
+                       "--scheme", "k400-noniid")
     assert done.returncode == 2 and "error: k400-noniid" in done.stderr

@@ -155,7 +155,7 @@ class RayRunner:
             actor, client_id = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])
-            except (RayActorError, RayTaskError, GetTimeoutError) as err:
+            except (RayActorError, RayTaskError) as err:  # the ref is ready: no timeout
                 if isinstance(err, RayActorError):
                     self.restarting.add(actor)
                 failures[client_id] = _describe(err)
