@@ -17,13 +17,19 @@ from fedvssl_ray.config import (
 )
 
 
-def config_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with ``--config PRESET_OR_FILE`` and positional overrides."""
+def config_parser(description: str, argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """An argument parser with ``--config PRESET_OR_FILE`` and positional overrides; its help
+    lists every key with the value the chosen preset gives it."""
+    preset = _preset_in(sys.argv[1:] if argv is None else argv)
+    try:
+        shown = load_config(preset)
+    except ConfigError:  # reported properly when the arguments are parsed
+        preset, shown = DEFAULT_PRESET, load_config(DEFAULT_PRESET)
     epilog = (
         f"presets: {', '.join(preset_names())} (default {DEFAULT_PRESET}), or a .yaml/.json file\n"
         "override any key as key=value with dotted keys, e.g.\n"
         "  strategy.alpha=1 rounds=100 client.num_gpus=1\n\n"
-        f"keys:\n{describe_keys()}"
+        f"keys (values of the {preset!r} preset):\n{describe_keys(shown)}"
     )
     parser = argparse.ArgumentParser(
         description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -37,6 +43,13 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
+
+
+def _preset_in(argv: list[str]) -> str:
+    """The ``--config`` value among the arguments, before they are parsed (for ``--help``)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=DEFAULT_PRESET)
+    return pre.parse_known_args(argv)[0].config
 
 
 def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
@@ -89,12 +102,15 @@ class ProgressPrinter:
         elif kind == "client_failed":
             print(f"  client {event['client']:>4} FAILED: {event['error']}", flush=True)
         elif kind == "retry":
-            print("  too few clients succeeded; retrying the round once", flush=True)
+            print(f"  only {event['accepted']} update(s) accepted (min_clients="
+                  f"{self.cfg.min_clients}); retrying the round once", flush=True)
         elif kind == "round_end":
             self.round_times.append(event["round_s"])
             left = event["rounds"] - event["round"]
             eta = left * sum(self.round_times) / len(self.round_times)
             loss = "n/a" if event["mean_loss"] is None else f"{event['mean_loss']:.4f}"
+            if event.get("relative_loss") is not None:
+                loss += f" ({event['relative_loss']:.3f} of the zero predictor's)"
             print(f"round {event['round']}/{event['rounds']} {event['status']}: mean loss {loss}, "
                   f"{event['round_s']:.1f} s, ETA {eta:.0f} s", flush=True)
 
@@ -105,6 +121,10 @@ class ProgressPrinter:
         print(f"done: {summary['rounds']} rounds in {time.perf_counter() - self.launched:.1f} s "
               f"(first round started {first} s after launch)")
         print(f"mean CtP loss per round: {losses}")
+        relative = [x for x in summary.get("relative_loss_per_round", []) if x is not None]
+        if relative:
+            print(f"relative to the all-zero predictor on the same clips (1.0 = nothing learnt): "
+                  f"round 1 {relative[0]:.3f}, last round {relative[-1]:.3f}")
         print(f"final global checkpoint: {summary['checkpoint']}")
         print(f"metrics: {Path(summary['run_dir']) / 'metrics.jsonl'}; "
               f"summary: {Path(summary['run_dir']) / 'summary.json'}")

@@ -18,16 +18,17 @@ from common import ProgressPrinter, config_parser, exit_on_error, resolve_config
 
 from fedvssl_ray.config import Config, apply_overrides, format_config, override
 from fedvssl_ray.data.shards import ClientShards, ensure_dataset
-from fedvssl_ray.run_dir import RunDir
+from fedvssl_ray.run_dir import RunDir, check_resume_config
 from fedvssl_ray.training.rounds import RunStopped
 
 
 def parse_args(argv: list[str] | None):
-    parser = config_parser(__doc__)
+    parser = config_parser(__doc__, argv)
     parser.add_argument(
         "--resume", metavar="RUN_DIR",
-        help="continue an interrupted run from its last complete round (overrides still apply, "
-             "e.g. rounds=N to extend it)",
+        help="continue an interrupted run from its last complete round; overrides may change "
+             "only rounds, timeouts, min_clients, ray.*, client resources and threads, "
+             "data.loader and eval.* (e.g. rounds=N to extend it)",
     )
     parser.add_argument(
         "--engine", choices=["ray", "plain"], default="ray",
@@ -38,12 +39,15 @@ def parse_args(argv: list[str] | None):
 
 
 def resolve_run(args) -> tuple[Config, RunDir]:
-    """The config and run directory: a new run, or a saved one to resume."""
+    """The config and run directory: a new run, or a saved one to resume (checked first:
+    a resume that cannot continue the same run exits 2 and changes nothing)."""
     if args.resume:
         run_dir = RunDir(args.resume)
         saved = exit_on_error(run_dir.read_config)
         extra = ["resume=true", f"run_dir={run_dir.path}"]
-        return exit_on_error(apply_overrides, saved, [*args.overrides, *extra]), run_dir
+        cfg = exit_on_error(apply_overrides, saved, [*args.overrides, *extra])
+        exit_on_error(check_resume_config, saved, cfg)
+        return cfg, run_dir
     cfg = resolve_config(args)
     if cfg.resume and not cfg.run_dir:
         print("config error: resume=true needs run_dir=... (or use --resume RUN_DIR)",
@@ -53,6 +57,18 @@ def resolve_run(args) -> tuple[Config, RunDir]:
         stem = Path(args.config).stem
         cfg = override(cfg, run_dir=f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     return cfg, RunDir(cfg.run_dir)
+
+
+def rounds_left(cfg: Config, run_dir: RunDir) -> int:
+    """Rounds a resume still has to run; exits 2 (nothing changed) when the committed state is
+    unusable or ``rounds`` is below the rounds already done."""
+    done = exit_on_error(run_dir.committed_round)
+    if cfg.rounds < done:
+        print(f"error: {run_dir.path} already has {done} complete rounds and rounds={cfg.rounds} "
+              f"is fewer; nothing was changed. Give rounds={done + 1} or more to extend it.",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return cfg.rounds - done
 
 
 def start_ray(cfg: Config) -> None:
@@ -73,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, run_dir = resolve_run(args)
     if args.print_config:
         print(format_config(cfg), end="")
+        return 0
+    if cfg.resume and rounds_left(cfg, run_dir) == 0:
+        print(f"{run_dir.path} already has all {cfg.rounds} rounds; nothing to do (give "
+              f"rounds=N to extend it)")
         return 0
     exit_on_error(ensure_dataset, cfg)
     if cfg.resume:
@@ -106,8 +126,9 @@ def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) ->
     from fedvssl_ray.actors.driver import run_on_ray, start_driver
 
     start_ray(cfg)
+    driver = exit_on_error(start_driver, cfg, run_dir.path)
     try:
-        return run_on_ray(start_driver(cfg, run_dir.path), progress)
+        return run_on_ray(driver, progress)
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, RunStopped):
             raise err.cause from None

@@ -39,6 +39,8 @@ class StrategyConfig:
     shared: Literal["backbone", "all"] = "backbone"  # which weights are aggregated and broadcast
     mix_coeff: float = 0.9  # flower-compat only: the baseline's FedAvg factor
     swbeta: Literal[0, 1] = 1  # flower-compat only: the baseline's SWA switch
+    fedavg: bool = False  # flower-compat only: the baseline's fedavg=true mode (plain FedAvg)
+    loss_window: int = 10  # flower-compat only: the baseline's loss log interval (K-400: 50)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Representation evaluation of a backbone: retrieval R@k and k-NN on the test split."""
+
+    every: int = 0  # during pretraining: evaluate the global every N rounds and after the last; 0: off
+    max_videos: int = 0  # test videos evaluated during pretraining (seeded subset); 0: all
+    num_clips: int = 10  # uniformly spaced clips per video, features averaged
+    knn_k: int = 20  # neighbours voting in k-NN classification
+    batch_size: int = 16  # clips per backbone forward pass
+    workers: int = 0  # backbone workers of the Ray Data pipeline; 0: one per GPU, else 1
+    num_cpus: float = 1.0  # per evaluation worker, as scheduled by Ray
+    num_gpus: float = 0.0  # per evaluation worker
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an address joins a running cluster, empty starts a local one."""
 
@@ -99,13 +115,15 @@ class Config:
     rounds: int = 20
     num_clients: int = 5
     clients_per_round: int = 5
-    min_clients: int = 1  # a round with fewer successful updates is retried once, then stops
+    min_clients: int = 1  # fewer accepted updates: the round is retried once, then the run stops
+    # (0: a round with no accepted update keeps the previous global and the run goes on)
     round_timeout_s: float = 0.0  # 0: no deadline
     resume: bool = False
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -262,31 +280,90 @@ def parse_override(text: str) -> tuple[str, str]:
 def load_config(preset: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the preset file, then ``key=value`` overrides; validated."""
     path = preset_path(preset)
-    cfg = _apply_mapping(Config(), read_config_file(path), f" in {path}")
-    return apply_overrides(cfg, overrides)
+    values = read_config_file(path)
+    cfg = _apply_mapping(Config(), values, f" in {path}")
+    file_keys = set(flatten(values))
+    override_keys = {parse_override(text)[0] for text in overrides}
+    # keys set in the layer that chose the strategy, or later, must agree with it
+    chosen_here = "strategy.name" in file_keys and "strategy.name" not in override_keys
+    return _apply_texts(cfg, overrides, (file_keys if chosen_here else set()) | override_keys)
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     """A copy of ``cfg`` with ``key=value`` texts applied in order; validated."""
+    return _apply_texts(cfg, overrides, {parse_override(text)[0] for text in overrides})
+
+
+def _apply_texts(cfg: Config, overrides: Sequence[str], explicit: set[str]) -> Config:
     for text in overrides:
         key, value = parse_override(text)
         cfg = _apply(cfg, key, value)
+    cfg = settle_strategy(cfg, explicit)
     validate(cfg)
     return cfg
 
 
 def config_from_dict(values: Mapping[str, Any], where: str = "") -> Config:
     """Rebuild a validated config from :func:`config_to_dict` output (e.g. a saved run)."""
-    cfg = _apply_mapping(Config(), values, where)
+    cfg = settle_strategy(_apply_mapping(Config(), values, where), set())
     validate(cfg)
     return cfg
 
 
 def override(cfg: Config, **dotted: Any) -> Config:
     """A copy of ``cfg`` with keys replaced; ``__`` in an argument name stands for a dot."""
+    keys = {name.replace("__", ".") for name in dotted}
     for name, value in dotted.items():
         cfg = _apply(cfg, name.replace("__", "."), value)
+    cfg = settle_strategy(cfg, keys)
     validate(cfg)
+    return cfg
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a preset file, :func:`config_to_dict`) as ``{dotted key: value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+IMPLIED_ALPHA = {"fedavg": 0.0, "loss": 1.0}
+"""``fedavg`` and ``loss`` are the alpha = 0 and alpha = 1 limits of ``fedvssl``."""
+
+PAPER_KEYS = ("alpha", "beta", "decay", "shared")
+COMPAT_KEYS = ("mix_coeff", "swbeta", "fedavg", "loss_window")
+
+
+def settle_strategy(cfg: Config, explicit: set[str]) -> Config:
+    """Make ``strategy.alpha`` say what the strategy does, and refuse keys it would ignore.
+
+    ``explicit`` holds the dotted keys the user set alongside (or after) ``strategy.name``;
+    one of them set away from its default that the chosen strategy does not use is an error,
+    never silently dropped.
+    """
+    s = cfg.strategy
+    defaults = StrategyConfig()
+    unused = PAPER_KEYS if s.name == "flower-compat" else COMPAT_KEYS
+    for key in unused:
+        if f"strategy.{key}" in explicit and getattr(s, key) != getattr(defaults, key):
+            users = "flower-compat" if key in COMPAT_KEYS else "fedvssl, fedavg and loss"
+            raise ConfigError(
+                f"strategy.{key} is not used by strategy.name={s.name} (only by {users}); "
+                f"remove it or choose another strategy.name"
+            )
+    if s.name in IMPLIED_ALPHA:
+        implied = IMPLIED_ALPHA[s.name]
+        if "strategy.alpha" in explicit and s.alpha != implied:
+            raise ConfigError(
+                f"strategy.name={s.name} is fedvssl with alpha={implied:g}, but "
+                f"strategy.alpha={s.alpha:g} was given; use strategy.name=fedvssl "
+                f"strategy.alpha={s.alpha:g}, or drop strategy.alpha"
+            )
+        cfg = dataclasses.replace(cfg, strategy=dataclasses.replace(s, alpha=implied))
     return cfg
 
 
@@ -304,14 +381,15 @@ def validate(cfg: Config) -> None:
         f"clients_per_round={cfg.clients_per_round} must be in [1, num_clients={cfg.num_clients}]",
     )
     require(
-        1 <= cfg.min_clients <= cfg.clients_per_round,
-        f"min_clients={cfg.min_clients} must be in [1, clients_per_round={cfg.clients_per_round}]",
+        0 <= cfg.min_clients <= cfg.clients_per_round,
+        f"min_clients={cfg.min_clients} must be in [0, clients_per_round={cfg.clients_per_round}]",
     )
     require(cfg.round_timeout_s >= 0, "round_timeout_s must be >= 0 (0 disables the deadline)")
     s = cfg.strategy
     require(0.0 <= s.alpha <= 1.0, f"strategy.alpha={s.alpha} must be in [0, 1]")
     require(0.0 < s.decay < 1.0, f"strategy.decay={s.decay} must be in (0, 1)")
     require(0.0 <= s.mix_coeff <= 1.0, f"strategy.mix_coeff={s.mix_coeff} must be in [0, 1]")
+    require(s.loss_window >= 1, f"strategy.loss_window={s.loss_window} must be >= 1")
     c = cfg.client
     require(c.batch_size >= 1, f"client.batch_size={c.batch_size} must be >= 1")
     require(c.local_epochs >= 1, f"client.local_epochs={c.local_epochs} must be >= 1")
@@ -335,6 +413,14 @@ def validate(cfg: Config) -> None:
     require(d.split in (1, 2, 3), f"data.split={d.split} is not allowed; choose one of [1, 2, 3]")
     require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha={d.dirichlet_alpha} must be > 0")
     require(d.classes_per_client >= 1, "data.classes_per_client must be >= 1")
+    e = cfg.eval
+    require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0: no evaluation during pretraining)")
+    require(e.max_videos >= 0, f"eval.max_videos={e.max_videos} must be >= 0 (0: all)")
+    require(e.num_clips >= 1, f"eval.num_clips={e.num_clips} must be >= 1")
+    require(e.knn_k >= 1, f"eval.knn_k={e.knn_k} must be >= 1")
+    require(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
+    require(e.workers >= 0, f"eval.workers={e.workers} must be >= 0 (0: automatic)")
+    require(e.num_cpus >= 0 and e.num_gpus >= 0, "eval.num_cpus and eval.num_gpus must be >= 0")
     require(cfg.ray.num_cpus >= 0, "ray.num_cpus must be >= 0 (0: all cores)")
 
 
@@ -352,10 +438,10 @@ def format_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def describe_keys() -> str:
-    """One line per key with its type and default, for ``--help``."""
+def describe_keys(cfg: Config | None = None) -> str:
+    """One line per key with its type and its value in ``cfg`` (the defaults if None)."""
     lines = []
-    defaults = config_to_dict(Config())
+    defaults = config_to_dict(cfg or Config())
 
     def walk(cls: type, node: Mapping[str, Any], prefix: str) -> None:
         for name, tp in _field_types(cls).items():
@@ -366,7 +452,7 @@ def describe_keys() -> str:
                 kind = "|".join(str(c) for c in typing.get_args(tp))
             else:
                 kind = tp.__name__
-            lines.append(f"  {prefix}{name:<22} {kind:<40} default {node[name]!r}")
+            lines.append(f"  {prefix + name:<28} {kind:<40} {node[name]!r}")
 
     walk(Config, defaults, "")
     return "\n".join(lines)

@@ -10,7 +10,10 @@
     <run_dir>/summary.json               final figures
 
 A round is complete once ``state/state.json`` names it. Files of a later, incomplete round are
-ignored and replaced on resume, so a run killed at any moment resumes to identical results.
+ignored and replaced on resume, so a run killed at any moment resumes to identical results. A
+resume first checks, without changing anything, that the committed state is whole and that the
+config still describes the same run (:func:`check_resume_config`); otherwise it stops with a
+:class:`RunDirError` that says what is missing or which key differs.
 """
 
 from __future__ import annotations
@@ -24,11 +27,27 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import append_jsonl, load_arrays, save_arrays, save_json_atomic
-from .config import Config, config_from_dict, config_to_dict, format_config
+from .checkpoint import CheckpointError, append_jsonl, load_arrays, save_arrays, save_json_atomic
+from .config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    flatten,
+    format_config,
+)
 
 Weights = dict[str, np.ndarray]
 _HEAD_FILE = re.compile(r"client-(\d+)-round-(\d+)\.npz$")
+_ROUND_FILE = re.compile(r"round-(\d+)\.npz$")
+
+RESUME_SAFE_KEYS = (
+    "rounds", "round_timeout_s", "min_clients", "resume", "run_dir", "ray.",
+    "client.num_gpus", "client.num_cpus", "client.num_actors", "client.torch_threads",
+    "client.max_cached_clients", "data.loader", "eval.",
+)
+"""Keys a resume may change (prefixes end with a dot): where and how fast the run goes, never
+what its saved rounds mean."""
 
 
 class RunDirError(RuntimeError):
@@ -45,6 +64,7 @@ class ResumeState:
     strategy_state: dict[str, Any]
     strategy_arrays: Weights
     elapsed_s: float
+    global_is_initial: bool = False  # no round has aggregated an update yet
 
 
 class RunDir:
@@ -111,6 +131,8 @@ class RunDir:
         head_versions: Mapping[int, int],
         strategy_state: Mapping[str, Any],
         elapsed_s: float,
+        *,
+        global_is_initial: bool = False,
     ) -> None:
         """Write ``state.json`` (the commit marker) for a saved round and drop superseded files."""
         strategy_file = self._strategy_path(round_idx)
@@ -123,6 +145,7 @@ class RunDir:
                 "head_versions": {str(c): v for c, v in sorted(head_versions.items())},
                 "strategy": dict(strategy_state),
                 "elapsed_s": elapsed_s,
+                "global_is_initial": global_is_initial,
             },
         )
         self._prune(head_versions, keep_strategy=strategy_file)
@@ -148,40 +171,139 @@ class RunDir:
         append_jsonl(self.metrics_path, dict(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics records; a last line torn by a crash in mid-write is left out."""
+        return self._read_metrics_lines()[0]
+
+    def _read_metrics_lines(self) -> tuple[list[dict[str, Any]], bool]:
+        """The records and whether the file ends in a torn line; a bad line elsewhere raises."""
         if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+            return [], False
+        lines = self.metrics_path.read_text(errors="replace").split("\n")
+        records, torn = [], False
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):  # no newline after it: a write cut short
+                    torn = True
+                    continue
+                raise RunDirError(
+                    f"{self.metrics_path} line {number} is not JSON; the file was edited or "
+                    "damaged: restore it or start a new run_dir"
+                ) from None
+        return records, torn
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         save_json_atomic(self.summary_path, dict(summary))
 
     # -- resume ----------------------------------------------------------------------------------
 
-    def load_resume_state(self) -> ResumeState | None:
-        """The last complete round, or None when no round finished; drops later partial files."""
+    def committed_round(self) -> int:
+        """The last complete round (0: none), after checking that a resume can continue from it.
+
+        Reads only; a missing or damaged piece raises :class:`RunDirError` naming it.
+        """
+        state = self._read_state()
+        return 0 if state is None else int(state["round"])
+
+    def _read_state(self) -> dict[str, Any] | None:
+        """The parsed commit marker with every file it names checked; None before round 1."""
         if not self.state_path.is_file():
-            self._truncate_metrics(0)
+            later = self._rounds_on_disk()
+            if later:
+                raise RunDirError(
+                    f"cannot resume {self.path}: {self.state_path} (the record of the last "
+                    f"complete round) is missing, but the directory holds rounds up to "
+                    f"{max(later)} ({self._describe_rounds()}). Nothing was changed. Restore "
+                    f"{self.state_path.name} to continue this run, or start a new run with "
+                    "another run_dir."
+                )
             return None
-        state = json.loads(self.state_path.read_text())
-        round_idx = int(state["round"])
-        weights, _ = load_arrays(self.path / state["checkpoint"])
-        strategy_arrays, _ = load_arrays(self.state_dir / state["strategy_arrays"])
-        head_versions = {int(c): int(v) for c, v in state["head_versions"].items()}
-        self._prune(head_versions, keep_strategy=self.state_dir / state["strategy_arrays"])
+        try:
+            state = json.loads(self.state_path.read_text())
+            round_idx = int(state["round"])
+            files = [self.path / state["checkpoint"], self.state_dir / state["strategy_arrays"]]
+            versions = {int(c): int(v) for c, v in state["head_versions"].items()}
+        except (ValueError, KeyError, TypeError) as err:
+            raise RunDirError(
+                f"cannot resume {self.path}: {self.state_path} is damaged ({type(err).__name__}: "
+                f"{err}). Nothing was changed."
+            ) from None
+        files += [self.head_path(c, v) for c, v in versions.items() if v > 0]
+        missing = [str(f.relative_to(self.path)) for f in files if not f.is_file()]
+        if missing:
+            raise RunDirError(
+                f"cannot resume {self.path} from round {round_idx}: {len(missing)} file(s) named "
+                f"by {self.state_path.name} are missing: {', '.join(missing[:5])}. Nothing was "
+                "changed."
+            )
+        return state
+
+    def _rounds_on_disk(self) -> set[int]:
+        """Rounds after the first that left files or metrics lines (evidence of a commit)."""
+        rounds = {int(r.get("round", 0)) for r in self._read_metrics_lines()[0]}
+        rounds |= {int(m[1]) for p in self.checkpoints.glob("round-*.npz")
+                   if (m := _ROUND_FILE.search(p.name))}
+        rounds |= {int(m[2]) for p in self.heads_dir.glob("client-*-round-*.npz")
+                   if (m := _HEAD_FILE.search(p.name))}
+        return {r for r in rounds if r > 1}
+
+    def _describe_rounds(self) -> str:
+        found = [f"{len(self._read_metrics_lines()[0])} metrics.jsonl line(s)"]
+        found.append(f"{len(list(self.checkpoints.glob('round-*.npz')))} checkpoint(s)")
+        found.append(f"{len(list(self.heads_dir.glob('client-*.npz')))} client head file(s)")
+        return ", ".join(found)
+
+    def load_resume_state(self) -> ResumeState | None:
+        """The last complete round, or None when no round finished; then drops the files and
+        metrics lines of a later, uncommitted round. Checks everything before changing anything."""
+        state = self._read_state()
+        try:
+            weights = load_arrays(self.path / state["checkpoint"])[0] if state else {}
+            strategy_arrays = (
+                load_arrays(self.state_dir / state["strategy_arrays"])[0] if state else {}
+            )
+        except CheckpointError as err:
+            raise RunDirError(f"cannot resume {self.path}: {err}. Nothing was changed.") from None
+        round_idx = int(state["round"]) if state else 0
+        head_versions = {int(c): int(v) for c, v in state["head_versions"].items()} if state else {}
+        self._prune(head_versions, keep_strategy=self._strategy_path(round_idx))
         for path in self.checkpoints.glob("round-*.npz"):
-            if int(path.stem.split("-")[1]) > round_idx:
+            match = _ROUND_FILE.search(path.name)
+            if match and int(match[1]) > round_idx:
                 path.unlink()
         self._truncate_metrics(round_idx)
+        if state is None:
+            return None
         return ResumeState(
             round_idx, weights, head_versions, state["strategy"], strategy_arrays,
-            float(state.get("elapsed_s", 0.0)),
+            float(state.get("elapsed_s", 0.0)), bool(state.get("global_is_initial", False)),
         )
 
     def _truncate_metrics(self, last_round: int) -> None:
-        """Keep only the metrics lines of complete rounds (a killed run may have written more)."""
-        records = self.read_metrics()
+        """Keep only the metrics lines of complete rounds (a killed run may have written more,
+        or half a line)."""
+        records, torn = self._read_metrics_lines()
         kept = [r for r in records if int(r.get("round", 0)) <= last_round]
-        if len(kept) != len(records):
+        if len(kept) != len(records) or torn:
             tmp = self.metrics_path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             tmp.replace(self.metrics_path)
+
+
+def check_resume_config(saved: Config, resumed: Config) -> None:
+    """Refuse a resume whose config changes what the saved rounds mean (seed, data, model,
+    clients, local training, strategy); only :data:`RESUME_SAFE_KEYS` may differ."""
+    old, new = flatten(config_to_dict(saved)), flatten(config_to_dict(resumed))
+    changed = [k for k in old if old[k] != new[k] and not k.startswith(RESUME_SAFE_KEYS)]
+    changed = [k for k in changed if k not in RESUME_SAFE_KEYS]
+    if changed:
+        detail = ", ".join(f"{k} (saved {old[k]!r}, given {new[k]!r})" for k in changed)
+        raise ConfigError(
+            f"--resume cannot change {detail}: it changes what the saved rounds mean. Start a "
+            "new run (another run_dir) instead. A resume may change only: "
+            + ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in RESUME_SAFE_KEYS)
+        )
+

@@ -11,6 +11,7 @@ heads are sent again from the driver on their next round.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -18,10 +19,11 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ..aggregation import Weights
-from ..config import Config
+from ..config import Config, ConfigError
 from ..training.messages import ClientResult, NeedHead
 from ..training.rounds import EventSink, HeadSource, RoundOutcome
 from .client_actor import RemoteClientActor
+from .resources import alive_nodes, check_client_resources, cluster_can_grow
 
 
 def plan_actors(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> int:
@@ -85,6 +87,12 @@ class RayRunner:
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         self.num_actors = plan_actors(cfg, cpus, gpus)
+        try:
+            check_client_resources(cfg, alive_nodes(), self.num_actors)
+        except ConfigError as err:
+            if not cluster_can_grow():
+                raise
+            print(f"warning: {err}; waiting for the autoscaler to add nodes", file=sys.stderr)
         # on one node the actors share the machine's cores (an idle actor's threads go to the
         # busy ones); across nodes each keeps its own CPU share
         self.single_node = sum(1 for node in ray.nodes() if node.get("Alive")) <= 1

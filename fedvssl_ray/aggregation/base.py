@@ -84,6 +84,7 @@ class Strategy(ABC):
         *,
         previous: Mapping[str, np.ndarray] | None = None,
         round: int,
+        previous_is_initial: bool = False,
     ) -> Weights:
         """New global (shared keys only) from the round's updates.
 
@@ -91,12 +92,15 @@ class Strategy(ABC):
         :param previous: the current global g_{r-1}: defines the expected layout and is
             averaged in by the beta step; None only before any global exists.
         :param round: 1-based round index r.
+        :param previous_is_initial: ``previous`` is still the initial model (every earlier
+            round failed): the beta step is skipped, since g_0 is never averaged in.
         :raises NoValidUpdatesError: no update survived screening.
         """
         if isinstance(round, bool) or not isinstance(round, numbers.Integral) or round < 1:
             raise ValueError(f"round must be an integer >= 1, got {round!r}")
         self.last_report = None
-        if previous is None and self._needs_previous(round):
+        averages_previous = self._needs_previous(round) and not previous_is_initial
+        if previous is None and averages_previous:
             raise ValueError(f"{self.name} needs the previous global in round {round}")
         screened = screen_layouts(
             updates, self.upload_keys, self._required_layout(previous), complete=self._complete
@@ -115,7 +119,7 @@ class Strategy(ABC):
                 raise NoValidUpdatesError(round, rejected)
             coeffs = self._coefficients(valid)
             sums, previous_weight = self._accumulate(
-                valid, coeffs, previous, round, screened.layout
+                valid, coeffs, previous, averages_previous, screened.layout
             )
             flagged = set().union(*(s.nonfinite_keys() for s in sums))
             bad = [k for k in screened.layout if k in flagged]
@@ -175,7 +179,7 @@ class Strategy(ABC):
     """The previous global's shared keys are the whole upload layout."""
 
     def _needs_previous(self, round: int) -> bool:
-        """Whether round ``round`` averages in the previous global."""
+        """Whether round ``round`` averages in the previous global (or saved state)."""
         return False
 
     @abstractmethod
@@ -188,10 +192,11 @@ class Strategy(ABC):
         valid: Sequence[ClientUpdate],
         coeffs: Coefficients,
         previous: Mapping[str, np.ndarray] | None,
-        round: int,
+        average_previous: bool,
         layout: Layout,
     ) -> tuple[list[WeightedSum], float]:
-        """Weighted sums of this round and the weight given to the previous global."""
+        """Weighted sums of this round and the weight given to the previous global
+        (``average_previous``: this round's beta step is on)."""
 
     @abstractmethod
     def _finish(self, sums: list[WeightedSum], layout: Layout, round: int) -> Weights:

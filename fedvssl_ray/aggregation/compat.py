@@ -92,6 +92,9 @@ class FlowerCompat(Strategy):
     def uses_losses(self) -> bool:
         return not self.params.fedavg
 
+    def _needs_previous(self, round: int) -> bool:
+        return self.params.swbeta == 1 and not self.params.fedavg and round >= 2
+
     def upload_keys(self, all_keys: Iterable[str]) -> list[str]:
         """Every key: the baseline aggregates heads too (they only reach the saved list)."""
         return list(all_keys)
@@ -131,18 +134,18 @@ class FlowerCompat(Strategy):
         valid: Sequence[ClientUpdate],
         coeffs: Coefficients,
         previous: Mapping[str, np.ndarray] | None,
-        round: int,
+        average_previous: bool,
         layout: Layout,
     ) -> tuple[list[WeightedSum], float]:
         assert coeffs.sample is not None
         if self.params.fedavg:
             return client_sums(valid, [coeffs.sample], layout), 0.0
         assert coeffs.loss is not None
-        swa = self.params.swbeta == 1 and round >= 2
+        swa = average_previous
         if swa and len(self._saved) != 2:
             raise MissingStateError(
-                f"flower-compat with swbeta=1 needs the saved list of the previous round in round "
-                f"{round}; restore it with load_state_arrays()"
+                "flower-compat with swbeta=1 needs the saved list of the previous round; "
+                "restore it with load_state_arrays()"
             )
         half = 0.5 if swa else 1.0
         m = self.params.mix_coeff

@@ -134,10 +134,10 @@ class FedVssl(Strategy):
         valid: Sequence[ClientUpdate],
         coeffs: Coefficients,
         previous: Mapping[str, np.ndarray] | None,
-        round: int,
+        average_previous: bool,
         layout: Layout,
     ) -> tuple[list[WeightedSum], float]:
-        decay = self.params.decay if self._needs_previous(round) else 0.0
+        decay = self.params.decay if average_previous else 0.0
         [total] = client_sums(valid, [(1.0 - decay) * coeffs.weight], layout)
         if decay:
             assert previous is not None

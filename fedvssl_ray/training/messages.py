@@ -17,6 +17,7 @@ class ClientResult:
     head: Weights
     steps: int
     timings: dict[str, float] = field(default_factory=dict)
+    zero_loss: float | None = None  # mean loss of the all-zero predictor on the same clips
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,17 @@ class ClientRunner(Protocol):
     def close(self) -> None: ...
 
 
+def loss_summary(results: Sequence[ClientResult]) -> dict[str, float | None]:
+    """The round's mean CtP loss, the all-zero predictor's mean loss on the same clips, and
+    their ratio (1.0: the model predicts no better than zero motion)."""
+    losses = [r.update.loss for r in results]
+    zeros = [r.zero_loss for r in results if r.zero_loss is not None]
+    mean_loss = float(np.mean(losses)) if losses else None
+    mean_zero = float(np.mean(zeros)) if zeros and len(zeros) == len(losses) else None
+    relative = mean_loss / mean_zero if mean_loss is not None and mean_zero else None
+    return {"mean_loss": mean_loss, "mean_zero_loss": mean_zero, "relative_loss": relative}
+
+
 def sample_clients(seed: int, round_idx: int, num_clients: int, per_round: int) -> list[int]:
     """The clients of a round: drawn without replacement, seeded by (seed, round), sorted."""
     rng = np.random.default_rng([seed, round_idx])
@@ -94,10 +105,12 @@ class FederatedRun:
         if resume is None:
             global_weights, start_round, elapsed = self.runner.initial_global(), 0, 0.0
             heads = HeadSource(self.run_dir, {})
+            self.global_is_initial = True
         else:
             global_weights, start_round = resume.global_weights, resume.round
             elapsed = resume.elapsed_s
             heads = HeadSource(self.run_dir, resume.head_versions)
+            self.global_is_initial = resume.global_is_initial
             self.strategy.load_state_dict(resume.strategy_state)
             self.strategy.load_state_arrays(resume.strategy_arrays)
             self.emit({"type": "resumed", "round": start_round})
@@ -108,6 +121,46 @@ class FederatedRun:
         self.emit({"type": "done", "summary": summary})
         return summary
 
+    def _train_and_aggregate(
+        self, round_idx: int, global_weights: Weights, clients: list[int], heads: HeadSource
+    ) -> tuple[RoundOutcome, Weights, str, dict[str, Any], int]:
+        """Train the round's clients and aggregate; retried once when fewer than
+        ``min_clients`` updates survive screening (the strategy's state is rolled back first)."""
+        cfg = self.cfg
+        saved_state = self.strategy.state_arrays()
+        for attempt in (1, 2):
+            trained_from = time.perf_counter()
+            outcome = self.runner.run_round(global_weights, round_idx, clients, heads, self.emit)
+            results = sorted(outcome.results, key=lambda r: r.update.client_id)
+            outcome.results = results
+            trained = time.perf_counter()
+            status = "ok"
+            try:
+                new_global = self.strategy.aggregate(
+                    [r.update for r in results], previous=global_weights, round=round_idx,
+                    previous_is_initial=self.global_is_initial,
+                )
+            except NoValidUpdatesError as err:
+                new_global, status = global_weights, f"failed: {err}"
+            last_report = self.strategy.last_report  # also set when every update was rejected
+            report = last_report.to_dict() if last_report is not None else {}
+            accepted = len(report.get("clients", ()))
+            outcome.timings["clients_s"] = trained - trained_from
+            outcome.timings["aggregate_s"] = time.perf_counter() - trained
+            if accepted >= cfg.min_clients:
+                return outcome, new_global, status, report, attempt
+            self.strategy.load_state_arrays(saved_state)
+            rejected = {str(r["client_id"]): r["reason"] for r in report.get("rejected", ())}
+            if attempt == 1:
+                self.emit({"type": "retry", "round": round_idx, "accepted": accepted,
+                           "failures": outcome.failures, "rejected": rejected})
+        raise RunStopped(
+            f"round {round_idx}: only {accepted} of {len(clients)} client updates were accepted, "
+            f"twice (min_clients={cfg.min_clients}); failed: {outcome.failures}; rejected: "
+            f"{rejected}. The run stopped after round {round_idx - 1}; fix the cause and resume "
+            f"with --resume {self.run_dir.path}"
+        )
+
     def _round(
         self, round_idx: int, global_weights: Weights, heads: HeadSource, started: float,
         elapsed: float,
@@ -117,50 +170,31 @@ class FederatedRun:
         self.emit({"type": "round_start", "round": round_idx, "rounds": cfg.rounds,
                    "clients": clients})
         round_start = time.perf_counter()
-        outcome = self.runner.run_round(global_weights, round_idx, clients, heads, self.emit)
-        attempts = 1
-        if len(outcome.results) < cfg.min_clients:
-            self.emit({"type": "retry", "round": round_idx, "failures": outcome.failures})
-            outcome = self.runner.run_round(global_weights, round_idx, clients, heads, self.emit)
-            attempts = 2
-            if len(outcome.results) < cfg.min_clients:
-                raise RunStopped(
-                    f"round {round_idx}: only {len(outcome.results)} of {len(clients)} clients "
-                    f"succeeded twice (min_clients={cfg.min_clients}); failures: "
-                    f"{outcome.failures}. The run stopped after round {round_idx - 1}; fix the "
-                    f"cause and resume with --resume {self.run_dir.path}"
-                )
-        trained = time.perf_counter()
-        results = sorted(outcome.results, key=lambda r: r.update.client_id)
-        status = "ok"
-        try:
-            new_global = self.strategy.aggregate(
-                [r.update for r in results], previous=global_weights, round=round_idx
-            )
-        except NoValidUpdatesError as err:
-            new_global, status = global_weights, f"failed: {err}"
-        last_report = self.strategy.last_report  # also set when every update was rejected
-        report = last_report.to_dict() if last_report is not None else {}
+        outcome, new_global, status, report, attempts = self._train_and_aggregate(
+            round_idx, global_weights, clients, heads
+        )
         aggregated = time.perf_counter()
         accepted = {int(c["client_id"]) for c in report.get("clients", ())}
-        for r in results:
+        if accepted:
+            self.global_is_initial = False
+        for r in outcome.results:
             if r.update.client_id in accepted:
                 heads.versions[r.update.client_id] = round_idx
                 heads.fresh[r.update.client_id] = r.head
         new_heads = {c: heads.fresh[c] for c in heads.fresh if heads.versions[c] == round_idx}
-        losses = [r.update.loss for r in results]
         record = {
             "round": round_idx,
             "status": status,
             "clients": clients,
             "attempts": attempts,
+            "accepted": len(accepted),
             "updates": [
-                {"client": r.update.client_id, "loss": r.update.loss,
+                {"client": r.update.client_id, "loss": r.update.loss, "zero_loss": r.zero_loss,
                  "num_examples": r.update.num_examples, "steps": r.steps,
                  **{k: round(v, 4) for k, v in r.timings.items()}}
-                for r in results
+                for r in outcome.results
             ],
-            "mean_loss": float(np.mean(losses)) if losses else None,
+            **loss_summary(outcome.results),
             "aggregation": report,
             "failed": {str(c): msg for c, msg in outcome.failures.items()},
         }
@@ -169,20 +203,19 @@ class FederatedRun:
         record["time"] = {
             "round_s": done - round_start,
             **{k: round(v, 4) for k, v in outcome.timings.items()},
-            "clients_s": trained - round_start,
-            "aggregate_s": aggregated - trained,
             "checkpoint_s": done - aggregated,
         }
         # metrics line before the commit marker: a resume drops lines of unmarked rounds
         self.run_dir.append_metrics(record)
         self.run_dir.mark_complete(
             round_idx, heads.versions, self.strategy.state_dict(),
-            elapsed + time.perf_counter() - started,
+            elapsed + time.perf_counter() - started, global_is_initial=self.global_is_initial,
         )
         heads.fresh.clear()
         self.emit({"type": "round_end", "round": round_idx, "rounds": cfg.rounds,
-                   "mean_loss": record["mean_loss"], "round_s": done - round_start,
-                   "failed": sorted(outcome.failures), "status": status})
+                   "mean_loss": record["mean_loss"], "relative_loss": record["relative_loss"],
+                   "round_s": done - round_start, "failed": sorted(outcome.failures),
+                   "status": status})
         return new_global
 
     def _summary(self, wall_s: float) -> dict[str, Any]:
@@ -192,6 +225,7 @@ class FederatedRun:
         return {
             "rounds": last,
             "loss_per_round": losses,
+            "relative_loss_per_round": [r.get("relative_loss") for r in records],
             "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None,
             "failed_rounds": [r["round"] for r in records if r["status"] != "ok"],

@@ -1,0 +1,79 @@
+"""Can the cluster serve the config? Checked before any actor is created, so a config that asks
+for resources the cluster does not have stops at once with the key to change, instead of
+waiting for ever on Ray's "No available node types can fulfill resource request"."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+from ..config import Config, ConfigError
+
+NodeResources = Mapping[str, float]
+
+
+def actors_that_fit(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float) -> int:
+    """How many actors asking ``num_cpus`` and ``num_gpus`` each the nodes can hold at once."""
+    total = 0
+    for node in nodes:
+        fits = [math.inf]
+        if num_cpus > 0:
+            fits.append(math.floor(node.get("CPU", 0.0) / num_cpus + 1e-9))
+        if num_gpus > 0:
+            fits.append(math.floor(node.get("GPU", 0.0) / num_gpus + 1e-9))
+        total += min(fits)
+    return int(total) if math.isfinite(total) else 1 << 30
+
+
+def check_client_resources(
+    cfg: Config, nodes: Sequence[NodeResources], num_actors: int
+) -> None:
+    """Raise :class:`ConfigError` naming the key to change when ``num_actors`` client actors at
+    ``client.num_cpus`` / ``client.num_gpus`` each cannot all run on ``nodes`` at once."""
+    c = cfg.client
+    gpus = [node.get("GPU", 0.0) for node in nodes]
+    cpus = [node.get("CPU", 0.0) for node in nodes]
+    if c.num_gpus > 0 and max(gpus, default=0.0) == 0:
+        raise ConfigError(
+            f"client.num_gpus={c.num_gpus:g} but the cluster has no GPU: set client.num_gpus=0 "
+            "to train on CPU"
+        )
+    if c.num_gpus > max(gpus, default=0.0):
+        raise ConfigError(
+            f"client.num_gpus={c.num_gpus:g} but the largest node has {max(gpus):g} GPU(s): set "
+            f"client.num_gpus<={max(gpus):g}"
+        )
+    if c.num_cpus > max(cpus, default=0.0):
+        raise ConfigError(
+            f"client.num_cpus={c.num_cpus:g} but the largest node has {max(cpus, default=0):g} "
+            f"CPU(s): set client.num_cpus<={max(cpus, default=0):g}"
+        )
+    fit = actors_that_fit(nodes, c.num_cpus, c.num_gpus)
+    if num_actors > fit:
+        raise ConfigError(
+            f"client.num_actors={num_actors} but the cluster holds only {fit} client actor(s) at "
+            f"client.num_cpus={c.num_cpus:g}, client.num_gpus={c.num_gpus:g}: set "
+            f"client.num_actors=0 (as many as fit) or at most {fit}"
+        )
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def cluster_can_grow() -> bool:
+    """Whether an autoscaler with node types to launch watches this cluster (best effort: a
+    local cluster reports none)."""
+    from ray.experimental import internal_kv
+
+    try:
+        raw = internal_kv._internal_kv_get("__autoscaling_status")
+        report = json.loads(raw) if raw else {}
+    except Exception:  # no status published: treat as a fixed cluster
+        return False
+    load = report.get("load_metrics_report") or {}
+    return bool(report.get("autoscaler_report") or load.get("node_types"))
