@@ -85,7 +85,8 @@ class ShardCache:
     ``store="memory"`` keeps one ``bytes`` per video in this process. ``"object_store"`` packs
     the shard into one uint8 array in Ray's object store (one ``ray.put``; workers map it
     without copying) and frees the local copy. ``reads`` counts storage reads; ``skipped``
-    lists ``(video_id, reason)`` of the videos left out.
+    lists ``(video_id, reason)`` of the videos left out. :meth:`exclude` leaves out videos
+    known bad from an earlier cache of the same shard, without reading them again.
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class ShardCache:
         self._spans: list[tuple[int, int]] = []
         self._shard_ref: Any = None
         self._bad: set[int] = set()
+        self._excluded: set[str] = set()
 
     def load(self) -> list[ShardVideo]:
         """Read and probe every video once; later calls return the cached list."""
@@ -116,6 +118,9 @@ class ShardCache:
         for entry in self.entries:
             video_id = _video_id(entry)
             is_zip = getattr(entry, "codec", "") == frame_zip.FRAME_ZIP_CODEC
+            if video_id in self._excluded:
+                self._skip(video_id, "known bad from an earlier load of this shard")
+                continue
             try:
                 self.reads += 1
                 data = self._read_bytes(entry)
@@ -180,6 +185,19 @@ class ShardCache:
         if index not in self._bad:
             self._bad.add(index)
             self._skip(self.videos[index].video_id, reason)
+
+    def exclude(self, video_ids: Iterable[str]) -> None:
+        """Leave these videos out from now on; before the first load they are never read."""
+        new = set(video_ids) - self._excluded
+        self._excluded |= new
+        if self._videos is not None:
+            for index, video in enumerate(self._videos):
+                if video.video_id in new:
+                    self.mark_bad(index, "excluded as known bad")
+
+    def bad_ids(self) -> set[str]:
+        """Ids of every video left out so far or excluded (what a rebuilt cache should exclude)."""
+        return self._excluded | {video_id for video_id, _ in self.skipped}
 
 
 def epoch_plan(
@@ -453,9 +471,17 @@ class ClipStream:
 
     @property
     def skipped(self) -> int:
-        """Videos left out: unreadable, corrupt, or failed to decode."""
+        """Videos left out: unreadable, corrupt, failed to decode, or excluded as known bad."""
         self.cache.load()
         return len(self.cache.skipped)
+
+    def bad_video_ids(self) -> set[str]:
+        """Ids of the videos left out so far, for a rebuilt stream of this shard to :meth:`exclude`."""
+        return self.cache.bad_ids()
+
+    def exclude(self, video_ids: Iterable[str]) -> None:
+        """Leave out videos already found bad (by an earlier stream of this shard): never re-read."""
+        self.cache.exclude(video_ids)
 
     def plan(self, round: int, epoch: int = 0) -> np.ndarray:
         """Indices into ``cache.videos`` in this epoch's order (padded to whole batches)."""

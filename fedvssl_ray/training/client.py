@@ -2,7 +2,8 @@
 
 A :class:`ClientWorker` serves one or more clients. It builds the CtP model once, keeps each
 client's own CtP head and clip stream (with its cached shard) between rounds, and bounds how many
-idle clients it keeps: an evicted client's head comes back from the caller on its next round.
+idle clients it keeps: an evicted client's head comes back from the caller on its next round, and
+its stream is rebuilt without the videos already found bad.
 The Ray actor in ``fedvssl_ray.actors`` is a thin shell over this class, and the plain loop uses
 it directly, so both run exactly the same code.
 """
@@ -11,19 +12,34 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from ..aggregation import ClientUpdate, make_strategy
+from ..aggregation import ClientUpdate, make_strategy, windowed_mean_loss
 from ..config import Config
 from ..models import Weights, build_ctp_model, get_weights, keys_with_prefix, set_weights
-from .local import SgdParams, train_local
+from .local import LocalStats, SgdParams, train_local
 from .messages import ClientResult, NeedHead, client_seed
 from .strategy_params import strategy_params
 
-StreamFactory = Callable[[int], object]  # client id -> object with .batches(round, epoch), .num_videos
+
+class ClientStream(Protocol):
+    """What the worker needs of a client's clips (:class:`~fedvssl_ray.data.pipeline.ClipStream`)."""
+
+    @property
+    def num_videos(self) -> int: ...
+
+    def batches(self, round: int, epoch: int = 0) -> Iterable[dict[str, torch.Tensor]]: ...
+
+    def bad_video_ids(self) -> set[str]: ...
+
+    def exclude(self, video_ids: Iterable[str]) -> None: ...
+
+
+StreamFactory = Callable[[int], ClientStream]  # client id -> that client's stream
 
 
 class ClientWorker:
@@ -50,7 +66,8 @@ class ClientWorker:
         self.stream_factory = stream_factory
         self.max_cached_clients = max(1, max_cached_clients)
         self.heads: OrderedDict[int, tuple[int, Weights]] = OrderedDict()
-        self.streams: OrderedDict[int, object] = OrderedDict()
+        self.streams: OrderedDict[int, ClientStream] = OrderedDict()
+        self.bad_videos: dict[int, set[str]] = {}  # of evicted streams, excluded when rebuilt
         self.sgd = SgdParams(
             cfg.client.lr, cfg.client.momentum, cfg.client.weight_decay, cfg.client.grad_clip
         )
@@ -83,12 +100,9 @@ class ClientWorker:
         set_weights(self.model, global_weights)  # after the head: shared="all" overrides it
         stream = self._stream_for(client_id)
         loaded = time.perf_counter()
-        steps, loss_sum, data_wait = 0, 0.0, 0.0
-        for epoch in range(self.cfg.client.local_epochs):
-            stats = train_local(self.model, stream.batches(data_round, epoch), self.sgd, self.device)
-            steps += stats.steps
-            loss_sum += stats.mean_loss * stats.steps
-            data_wait += stats.data_s
+        batches = round_batches(stream, data_round, self.cfg.client.local_epochs)
+        stats = train_local(self.model, batches, self.sgd, self.device)
+        loss = self._reported_loss(stats, client_id)
         trained = time.perf_counter()
         new_head = get_weights(self.model, self.head_keys)
         self._remember(self.heads, client_id, (round_idx, new_head))
@@ -96,17 +110,35 @@ class ClientWorker:
             client_id=client_id,
             weights=get_weights(self.model, self.upload_keys),
             num_examples=stream.num_videos,
-            loss=loss_sum / steps,
+            loss=loss,
         )
         done = time.perf_counter()
         timings = {
             "load_s": loaded - started,
             "train_s": trained - loaded,
-            "data_wait_s": data_wait,
+            "data_wait_s": stats.data_s,
             "export_s": done - trained,
             "threads": float(torch.get_num_threads()),
         }
-        return ClientResult(update, new_head, steps, timings)
+        return ClientResult(update, new_head, stats.steps, timings, zero_loss=stats.zero_loss)
+
+    def _reported_loss(self, stats: LocalStats, client_id: int) -> float:
+        """L_k: the mean over all steps, or in flower-compat mode the baseline's windowed mean.
+
+        The baseline logs the batch-size-weighted mean of every ``loss_window`` steps and
+        reports the mean of those logs; it crashes with fewer steps than one window, and so
+        does this (the round loop drops the client and reports why).
+        """
+        if self.cfg.strategy.name != "flower-compat":
+            return stats.mean_loss
+        window = self.cfg.strategy.loss_window
+        if stats.steps < window:
+            raise ValueError(
+                f"client {client_id} ran {stats.steps} local steps, fewer than "
+                f"strategy.loss_window={window}: the flower-compat loss has no complete window "
+                "(the Flower baseline fails here too); lower strategy.loss_window"
+            )
+        return windowed_mean_loss(stats.losses, batch_sizes=stats.batch_sizes, window=window)
 
     def initial_global(self) -> Weights:
         """The round-0 global: the shared entries of the seeded init (identical on every client).
@@ -131,15 +163,33 @@ class ClientWorker:
             return self.init_head
         return None
 
-    def _stream_for(self, client_id: int):
+    def _stream_for(self, client_id: int) -> ClientStream:
+        """The client's cached stream, or a new one that leaves out its known-bad videos."""
         stream = self.streams.get(client_id)
         if stream is None:
             stream = self.stream_factory(client_id)
-        self._remember(self.streams, client_id, stream)
+            if self.bad_videos.get(client_id):
+                stream.exclude(self.bad_videos[client_id])
+        for evicted_id, evicted in self._remember(self.streams, client_id, stream):
+            self.bad_videos[evicted_id] = evicted.bad_video_ids()
         return stream
 
-    def _remember(self, cache: OrderedDict, client_id: int, value: object) -> None:
+    def _remember(
+        self, cache: OrderedDict, client_id: int, value: object
+    ) -> list[tuple[int, object]]:
+        """Store ``value`` as the newest entry; returns the least recent entries evicted."""
         cache[client_id] = value
         cache.move_to_end(client_id)
+        evicted = []
         while len(cache) > self.max_cached_clients:
-            cache.popitem(last=False)
+            evicted.append(cache.popitem(last=False))
+        return evicted
+
+
+def round_batches(
+    stream: ClientStream, round_idx: int, epochs: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every local epoch's batches in order; each epoch's plan is made once the previous one ends
+    (so a video that failed in one epoch is left out of the next)."""
+    for epoch in range(epochs):
+        yield from stream.batches(round_idx, epoch)

@@ -1,4 +1,4 @@
-"""One client's local CtP training: fresh SGD, gradient clipping, mean loss over all steps."""
+"""One client's local CtP round: one fresh SGD for all its epochs, gradient clipping, per-step losses."""
 
 from __future__ import annotations
 
@@ -24,13 +24,34 @@ class SgdParams:
 
 @dataclass(frozen=True)
 class LocalStats:
-    """What a local training pass measured."""
+    """What a local round measured, step by step (the reported loss is chosen from these)."""
 
-    steps: int
-    clips: int
-    mean_loss: float
+    losses: tuple[float, ...]  # total CtP loss of every step, in order
+    batch_sizes: tuple[int, ...]  # clips in every step's batch
+    zero_loss: float  # mean over the steps of the all-zero predictor's loss on the same batch
     data_s: float  # waiting for batches
     compute_s: float  # forward, backward and step
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    @property
+    def clips(self) -> int:
+        return sum(self.batch_sizes)
+
+    @property
+    def mean_loss(self) -> float:
+        """The plain mean over all steps: L_k of the FEDVSSL spec (§5)."""
+        return math.fsum(self.losses) / len(self.losses)
+
+
+def make_optimizer(model: CtpModel, params: SgdParams) -> torch.optim.SGD:
+    """A new SGD over every parameter: no momentum state carried in from an earlier round."""
+    return torch.optim.SGD(
+        model.parameters(), lr=params.lr, momentum=params.momentum,
+        weight_decay=params.weight_decay,
+    )
 
 
 def train_local(
@@ -39,14 +60,17 @@ def train_local(
     params: SgdParams,
     device: torch.device,
 ) -> LocalStats:
-    """Train ``model`` in place on ``batches``; returns the mean of the per-step total losses."""
+    """Train ``model`` in place on one round's ``batches`` (every local epoch, in order).
+
+    One optimiser serves the whole round, so momentum carries across its epochs and never
+    across rounds. Each step also scores the all-zero predictor ("no patch moves") on its
+    batch, the baseline against which the loss shows what the model has learnt.
+    """
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=params.lr, momentum=params.momentum,
-        weight_decay=params.weight_decay,
-    )
-    steps = clips = 0
-    loss_sum = data_s = compute_s = 0.0
+    optimizer = make_optimizer(model, params)
+    losses: list[float] = []
+    sizes: list[int] = []
+    zero_sum = data_s = compute_s = 0.0
     tick = time.perf_counter()
     for batch in batches:
         start = time.perf_counter()
@@ -56,6 +80,8 @@ def train_local(
         gt_weights = batch["gt_weights"].to(device, non_blocking=True)
         preds = model(imgs, make_rois(gt_trajs))
         loss = ctp_loss(preds, gt_trajs, gt_weights)["loss"]
+        with torch.no_grad():
+            zero = ctp_loss(torch.zeros_like(preds), gt_trajs, gt_weights)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if params.grad_clip > 0:
@@ -63,12 +89,12 @@ def train_local(
         optimizer.step()
         value = loss.item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"local loss became {value} at step {steps + 1}")
-        loss_sum += value
-        steps += 1
-        clips += imgs.shape[0]
+            raise FloatingPointError(f"local loss became {value} at step {len(losses) + 1}")
+        losses.append(value)
+        sizes.append(imgs.shape[0])
+        zero_sum += zero.item()
         tick = time.perf_counter()
         compute_s += tick - start
-    if steps == 0:
+    if not losses:
         raise ValueError("no training batches: the client's shard is empty")
-    return LocalStats(steps, clips, loss_sum / steps, data_s, compute_s)
+    return LocalStats(tuple(losses), tuple(sizes), zero_sum / len(losses), data_s, compute_s)
