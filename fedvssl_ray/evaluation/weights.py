@@ -1,0 +1,87 @@
+"""The backbone weights to evaluate: a checkpoint this project wrote, or the seeded random init.
+
+Checkpoints are the ``.npz`` files of :mod:`fedvssl_ray.checkpoint` (``checkpoints/round-NNNN.npz``
+of a run); their ``backbone.*`` entries are used and anything else (a CtP head) is ignored.
+The random init is the backbone of ``build_ctp_model(..., seed=cfg.seed)``, exactly the round-0
+global of a pretraining run with the same seed and backbone: the baseline every pretrained
+checkpoint is compared against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import CheckpointError, load_arrays
+from ..config import Config
+from ..models import BACKBONES, Weights, build_backbone, build_ctp_model, get_weights
+
+PREFIX = "backbone."
+
+
+class BackboneCheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or lacks the backbone expected; the message says which."""
+
+
+def expected_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+    """``backbone.*`` key -> shape of the named backbone's state."""
+    state = build_backbone(backbone, "pretrain").state_dict()
+    return {PREFIX + k: tuple(v.shape) for k, v in state.items()}
+
+
+def _matching_backbones(weights: Weights) -> list[str]:
+    """Names of the backbones whose state the ``backbone.*`` entries of ``weights`` match."""
+    return [
+        name for name in sorted(BACKBONES)
+        if {k: v.shape for k, v in weights.items() if k.startswith(PREFIX)} == expected_shapes(name)
+    ]
+
+
+def check_backbone_weights(weights: Weights, backbone: str, source: str) -> Weights:
+    """The ``backbone.*`` entries of ``weights``, checked against ``backbone``'s keys and shapes."""
+    expected = expected_shapes(backbone)
+    found = {k: np.asarray(v) for k, v in weights.items() if k.startswith(PREFIX)}
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    wrong = [
+        f"{k} {found[k].shape} (expected {expected[k]})"
+        for k in expected if k in found and found[k].shape != expected[k]
+    ]
+    if not (missing or unknown or wrong):
+        return found
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing backbone entries (e.g. {missing[0]})")
+    if unknown:
+        problems.append(f"{len(unknown)} unexpected backbone entries (e.g. {unknown[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} mis-shaped (e.g. {wrong[0]})")
+    others = [name for name in _matching_backbones(weights) if name != backbone] if found else []
+    hint = f"; it matches model.backbone={others[0]}" if others else ""
+    raise BackboneCheckpointError(
+        f"{source}: expected the {len(expected)} backbone.* entries of model.backbone={backbone}, "
+        f"found {'; '.join(problems)}{hint}"
+    )
+
+
+def load_backbone_checkpoint(path: str | Path, backbone: str) -> tuple[Weights, dict]:
+    """(``backbone.*`` weights, checkpoint metadata) of a native ``.npz`` checkpoint, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneCheckpointError(
+            f"{path}: no such checkpoint file (expected a .npz written by a run, e.g. "
+            "runs/<run>/checkpoints/round-0020.npz, or checkpoint=none)"
+        )
+    try:
+        arrays, meta = load_arrays(path)
+    except CheckpointError as err:
+        raise BackboneCheckpointError(str(err)) from None
+    return check_backbone_weights(arrays, backbone, str(path)), meta
+
+
+def initial_backbone_weights(cfg: Config) -> Weights:
+    """The seeded random-init backbone (the round-0 global of a run with this config)."""
+    model = build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
+    keys = [k for k in model.state_dict() if k.startswith(PREFIX)]
+    return get_weights(model, keys)
