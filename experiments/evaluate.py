@@ -134,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
     result = {
-        "checkpoint": checkpoint, "round": meta.get("round"), "engine": "local" if args.local
-        else "ray", **result, "wall_s": round(time.perf_counter() - launched, 3),
+        "checkpoint": checkpoint,
+        "round": meta.get("round"),
+        "engine": "local" if args.local else "ray",
+        **result,
+        "wall_s": round(time.perf_counter() - launched, 3),
         "config": config_to_dict(cfg),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 from videos import full_decode, write_video
 
 from fedvssl_ray.checkpoint import save_arrays
-from fedvssl_ray.config import load_config
+from fedvssl_ray.config import ConfigError, load_config
 from fedvssl_ray.data.clips import eval_indices
 from fedvssl_ray.data.synthetic import ensure_synthetic_dataset
 from fedvssl_ray.data.transforms import EvalPreset
@@ -234,6 +234,8 @@ def test_ray_data_features_equal_in_process_features(ray_cluster, tiny_root):
     assert remote.errors.keys() == local.errors.keys() and len(local.errors) == 1
     assert done[-1] == (12, 12)
     np.testing.assert_allclose(remote.feats, local.feats, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="eval.num_gpus=1.0 but the Ray cluster has no GPU"):
+        RayExtractor(tiny_config(tiny_root, "eval.num_gpus=1"))
 
 
 def load_cli(monkeypatch):

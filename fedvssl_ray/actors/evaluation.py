@@ -51,7 +51,7 @@ def _videos_of(batch: dict[str, np.ndarray]) -> list[EvalVideo]:
 
 def _decode_task(batch: dict[str, np.ndarray], *, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Ray Data map: video rows -> ``clips [B, N, 3, T, S, S]`` and ``error`` ("" if decoded)."""
-    import torch
+    import torch  # imported here: torch loads in Ray workers, never in a torch-free caller
 
     from ..evaluation.features import decode_videos
 
@@ -82,14 +82,12 @@ class BackboneWorker:
 
 def pool_size(cfg: Config) -> int:
     """Backbone actors: ``eval.workers``, else one per GPU when GPUs are asked for, else 1."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if cfg.eval.num_gpus > 0 and not gpus:  # the actors would wait for a GPU forever
+        raise ConfigError(f"eval.num_gpus={cfg.eval.num_gpus} but the Ray cluster has no GPU")
     if cfg.eval.workers:
         return cfg.eval.workers
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if cfg.eval.num_gpus > 0:
-        if not gpus:
-            raise ConfigError(f"eval.num_gpus={cfg.eval.num_gpus} but the Ray cluster has no GPU")
-        return gpus
-    return 1
+    return gpus if cfg.eval.num_gpus > 0 else 1
 
 
 class RayExtractor:
