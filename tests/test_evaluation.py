@@ -157,6 +157,16 @@ def test_video_feature_is_the_mean_of_pooled_clip_features(tmp_path):
     np.testing.assert_allclose(feats, (per_clip[0] + per_clip[1]) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_feature_model_ignores_a_head_and_refuses_a_partial_backbone():
+    cfg = load_config("synthetic", ["data.clip_len=8", "data.crop_size=32"])
+    spec = FeatureSpec("r3d10_narrow", num_clips=1, clip_len=8, crop_size=32)
+    weights = initial_backbone_weights(cfg)
+    FeatureModel({**weights, "head.fc1.bias": np.zeros(4, np.float32)}, spec)
+    del weights["backbone.stem.0.weight"]
+    with pytest.raises(ValueError, match=r"lack 1 .* \(e.g. backbone.stem.0.weight\)"):
+        FeatureModel(weights, spec)
+
+
 # -- weights ---------------------------------------------------------------------------------
 
 

@@ -61,13 +61,24 @@ def decode_videos(videos: Sequence[EvalVideo], spec: FeatureSpec) -> tuple[np.nd
 
 
 class FeatureModel:
-    """The backbone (eval mode, no gradients) that turns a group's clips into video features."""
+    """The backbone (eval mode, no gradients) that turns a group's clips into video features.
+
+    ``weights`` holds every ``backbone.*`` entry; other entries (e.g. ``head.*`` of a global
+    aggregated with ``strategy.shared=all``) are ignored.
+    """
 
     def __init__(self, weights: Weights, spec: FeatureSpec, device: str = "cpu") -> None:
         self.device = torch.device(device)
         self.batch_size = spec.batch_size
         backbone = build_backbone(spec.backbone, spec.mode)
-        set_weights(backbone, {k.removeprefix(PREFIX): v for k, v in weights.items()})
+        own = {k.removeprefix(PREFIX): v for k, v in weights.items() if k.startswith(PREFIX)}
+        missing = [k for k in backbone.state_dict() if k not in own]
+        if missing:
+            raise ValueError(
+                f"weights lack {len(missing)} of the {spec.backbone} backbone's entries "
+                f"(e.g. {PREFIX}{missing[0]})"
+            )
+        set_weights(backbone, own)  # other entries (a CtP head) are not part of the features
         self.backbone = backbone.to(self.device).eval()
 
     @torch.inference_mode()
