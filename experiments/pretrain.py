@@ -126,13 +126,14 @@ def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) ->
     from fedvssl_ray.actors.driver import run_on_ray, start_driver
 
     start_ray(cfg)
-    driver = exit_on_error(start_driver, cfg, run_dir.path)
     try:
-        return run_on_ray(driver, progress)
+        return run_on_ray(exit_on_error(start_driver, cfg, run_dir.path), progress)
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, RunStopped):
             raise err.cause from None
         raise
+    finally:  # stop the processes a local Ray started before this one exits, whatever happened
+        ray.shutdown()
 
 
 if __name__ == "__main__":

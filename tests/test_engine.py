@@ -170,7 +170,8 @@ def test_too_few_clients_stops_the_run_with_a_resumable_state(tiny_root, tmp_pat
     run_dir = RunDir(cfg.run_dir)
     run_dir.create(cfg)
     factory = FailingFor(ClientShards.from_config(cfg).stream_factory(), {0, 1})
-    with pytest.raises(RunStopped, match=r"round 1: only 1 of 3 clients succeeded twice.*--resume"):
+    pattern = r"round 1: only 1 of 3 client updates were accepted, twice.*--resume"
+    with pytest.raises(RunStopped, match=pattern):
         run_plain(cfg, run_dir, factory)
     assert run_dir.load_resume_state() is None  # nothing committed: a resume starts at round 1
 

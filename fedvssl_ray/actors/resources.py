@@ -66,14 +66,14 @@ def alive_nodes() -> list[dict[str, float]]:
 
 
 def cluster_can_grow() -> bool:
-    """Whether an autoscaler with node types to launch watches this cluster (best effort: a
-    local cluster reports none)."""
+    """Whether an autoscaler can launch more node types for this cluster (best effort, from
+    the status it publishes; a fixed or local cluster lists none)."""
     from ray.experimental import internal_kv
 
     try:
         raw = internal_kv._internal_kv_get("__autoscaling_status")
-        report = json.loads(raw) if raw else {}
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
     except Exception:  # no status published: treat as a fixed cluster
         return False
-    load = report.get("load_metrics_report") or {}
-    return bool(report.get("autoscaler_report") or load.get("node_types"))
+    launchable = (report.get("node_availability_summary") or {}).get("node_availabilities")
+    return bool(launchable or report.get("pending_launches") or report.get("pending_nodes"))
