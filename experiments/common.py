@@ -104,6 +104,12 @@ class ProgressPrinter:
         elif kind == "retry":
             print(f"  only {event['accepted']} update(s) accepted (min_clients="
                   f"{self.cfg.min_clients}); retrying the round once", flush=True)
+        elif kind == "eval_done":
+            print(f"  evaluation of {_which(event['round'])}: {format_eval(event['result'])}"
+                  + _versus(event), flush=True)
+        elif kind == "eval_failed":
+            print(f"  evaluation of {_which(event['round'])} FAILED (the run goes on): "
+                  f"{event['result']['error']}", flush=True)
         elif kind == "round_end":
             self.round_times.append(event["round_s"])
             left = event["rounds"] - event["round"]
@@ -125,6 +131,35 @@ class ProgressPrinter:
         if relative:
             print(f"relative to the all-zero predictor on the same clips (1.0 = nothing learnt): "
                   f"round 1 {relative[0]:.3f}, last round {relative[-1]:.3f}")
+        evaluation = summary.get("eval") or {}
+        if evaluation.get("last"):
+            last, initial = evaluation["last"], evaluation.get("initial") or {}
+            print(f"representation on the test split ({last['queries']} queries, "
+                  f"{last['gallery']} gallery videos):")
+            print(f"  {'global backbone after round ' + str(last['round']):<32}{format_eval(last)}")
+            if initial and "error" not in initial:
+                print(f"  {'same backbone at random init':<32}{format_eval(initial)}")
         print(f"final global checkpoint: {summary['checkpoint']}")
         print(f"metrics: {Path(summary['run_dir']) / 'metrics.jsonl'}; "
               f"summary: {Path(summary['run_dir']) / 'summary.json'}")
+
+
+def format_eval(result: dict) -> str:
+    """Retrieval and k-NN figures of one evaluation, in percent."""
+    return (f"R@1 {_pct(result.get('R@1'))}, R@5 {_pct(result.get('R@5'))}, "
+            f"k-NN top-1 {_pct(result.get('knn_top1'))}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _which(round_idx: int) -> str:
+    return "the random init" if round_idx == 0 else f"the global after round {round_idx}"
+
+
+def _versus(event: dict) -> str:
+    initial = event.get("initial")
+    if event["round"] == 0 or not initial or "error" in initial:
+        return ""
+    return f" (random init: R@1 {_pct(initial['R@1'])}, k-NN {_pct(initial['knn_top1'])})"

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             weights, cfg, tasks, max_videos=cfg.eval.max_videos, progress=progress
         )
     else:
-        from fedvssl_ray.actors.evaluation import evaluate_on_ray, start_ray
+        from fedvssl_ray.actors.cluster import start_ray
+        from fedvssl_ray.actors.evaluation import evaluate_on_ray
 
         start_ray(cfg)
         result = exit_on_error(

@@ -9,7 +9,6 @@ examples:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -71,18 +70,6 @@ def rounds_left(cfg: Config, run_dir: RunDir) -> int:
     return cfg.rounds - done
 
 
-def start_ray(cfg: Config) -> None:
-    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally."""
-    import ray
-
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     launched = time.perf_counter()
     args = parse_args(argv)
@@ -123,6 +110,7 @@ def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) ->
         return run_plain(cfg, run_dir, shards.stream_factory(), progress)
     import ray
 
+    from fedvssl_ray.actors.cluster import start_ray
     from fedvssl_ray.actors.driver import run_on_ray, start_driver
 
     start_ray(cfg)

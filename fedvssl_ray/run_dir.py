@@ -3,7 +3,9 @@
 ::
 
     <run_dir>/config.json, config.yaml   the fully resolved config
-    <run_dir>/metrics.jsonl              one JSON object per round
+    <run_dir>/metrics.jsonl              one JSON object per round (with ``eval`` figures on
+                                         the rounds evaluated)
+    <run_dir>/eval.jsonl                 one line per evaluation of the global (round 0: init)
     <run_dir>/checkpoints/round-NNNN.npz the global (shared) weights after round N, no pickle
     <run_dir>/state/                     what a resume needs: state.json (the commit marker of
                                          the last complete round), client heads, strategy arrays
@@ -76,6 +78,7 @@ class RunDir:
         self.state_dir = self.path / "state"
         self.heads_dir = self.state_dir / "heads"
         self.metrics_path = self.path / "metrics.jsonl"
+        self.eval_path = self.path / "eval.jsonl"
         self.summary_path = self.path / "summary.json"
         self.state_path = self.state_dir / "state.json"
 
@@ -195,6 +198,36 @@ class RunDir:
                 ) from None
         return records, torn
 
+    def append_eval(self, round_idx: int, result: Mapping[str, Any]) -> None:
+        """Record an evaluation of the global after ``round_idx`` (0: the initial model) in
+        ``eval.jsonl``, and in that round's metrics line (rewritten atomically)."""
+        append_jsonl(self.eval_path, {"round": round_idx, **result})
+        records, _ = self._read_metrics_lines()
+        if not any(r.get("round") == round_idx for r in records):
+            return
+        for record in records:
+            if record.get("round") == round_idx:
+                record["eval"] = dict(result)
+        self._write_lines(self.metrics_path, records)
+
+    def read_evals(self) -> dict[int, dict[str, Any]]:
+        """Every recorded evaluation by round (the latest if a round was evaluated twice)."""
+        if not self.eval_path.is_file():
+            return {}
+        evals = {}
+        for line in self.eval_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn last line
+                continue
+            evals[int(record.pop("round"))] = record
+        return evals
+
+    def _write_lines(self, path: Path, records: list[dict[str, Any]]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(path)
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         save_json_atomic(self.summary_path, dict(summary))
 
@@ -283,14 +316,16 @@ class RunDir:
         )
 
     def _truncate_metrics(self, last_round: int) -> None:
-        """Keep only the metrics lines of complete rounds (a killed run may have written more,
-        or half a line)."""
+        """Keep only the metrics and evaluation lines of complete rounds (a killed run may have
+        written more, or half a line)."""
         records, torn = self._read_metrics_lines()
         kept = [r for r in records if int(r.get("round", 0)) <= last_round]
         if len(kept) != len(records) or torn:
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            tmp.replace(self.metrics_path)
+            self._write_lines(self.metrics_path, kept)
+        evals = self.read_evals()
+        if any(r > last_round for r in evals):
+            self._write_lines(self.eval_path, [{"round": r, **v} for r, v in sorted(evals.items())
+                                               if r <= last_round])
 
 
 def check_resume_config(saved: Config, resumed: Config) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedvssl_ray.actors.resources import actors_that_fit, check_client_resources
+from fedvssl_ray.actors.cluster import actors_that_fit, check_client_resources
 from fedvssl_ray.config import ConfigError, load_config
 from fedvssl_ray.data.synthetic import ensure_synthetic_dataset
 

@@ -116,3 +116,39 @@ def test_metrics_report_the_loss_relative_to_the_zero_predictor(tmp_path):
     assert record["mean_zero_loss"] == 2.0 and record["relative_loss"] == 0.5
     assert all(u["zero_loss"] == 2.0 for u in record["updates"])
     assert summary["relative_loss_per_round"] == [0.5]
+
+
+class RaisingOnRound:
+    """An evaluation that fails for one round (a crashed evaluation must not stop the run)."""
+
+    def __init__(self, bad_round: int) -> None:
+        self.bad_round, self.calls = bad_round, 0
+
+    def __call__(self, weights, cfg):
+        self.calls += 1
+        if weights is not None and float(weights["backbone.w"][0]) == self.bad_round:
+            raise RuntimeError("evaluation exploded")
+        return {"R@1": 0.5, "R@5": 1.0, "knn_top1": 0.25, "queries": 4, "gallery": 8,
+                "skipped": 0, "eval_s": 0.0}
+
+
+def test_a_raising_evaluation_leaves_the_run_going(tmp_path):
+    from fedvssl_ray.training.evaluator import InlineEvaluator
+
+    script = {r: [{0: float(r), 1: float(r), 2: float(r)}] for r in (1, 2, 3)}
+    run, run_dir, _ = make_run(tmp_path, script, "rounds=3", "eval.every=1", "strategy.beta=0",
+                               f"data.root={tmp_path / 'data'}")
+    evaluate = RaisingOnRound(bad_round=2)
+    run.evaluator = InlineEvaluator(run.cfg, evaluate)
+    run.eval_rounds = {1, 2, 3}
+    events = []
+    run.emit = events.append
+    summary = run.run()
+    assert summary["rounds"] == 3
+    records = run_dir.read_metrics()
+    assert "exploded" in records[1]["eval"]["error"]
+    assert records[0]["eval"]["R@1"] == 0.5 and records[2]["eval"]["knn_top1"] == 0.25
+    assert summary["eval"]["failed_rounds"] == [2] and summary["eval"]["last"]["round"] == 3
+    assert [e["round"] for e in events if e["type"] == "eval_failed"] == [2]
+    assert sorted(run_dir.read_evals()) == [0, 1, 2, 3]  # round 0: the random init
+    assert evaluate.calls == 4

@@ -21,16 +21,21 @@ from ..data.shards import ClientShards
 from ..run_dir import RunDir
 from ..training.rounds import FederatedRun
 from .client_actor import peak_rss_mb
+from .eval_actor import RayEvaluator
 from .pool import RayRunner
 
 
 class Driver:
     """Owns the round loop over a client pool; ``events`` can be polled while ``run`` runs."""
 
-    def __init__(self, cfg: Config, run_dir: str, runner: RayRunner, shards_summary: str) -> None:
+    def __init__(
+        self, cfg: Config, run_dir: str, runner: RayRunner, shards_summary: str,
+        evaluator: RayEvaluator | None = None,
+    ) -> None:
         self.cfg = cfg
         self.run_dir = RunDir(run_dir)
         self.runner: RayRunner | None = runner
+        self.evaluator = evaluator
         self.shards_summary = shards_summary
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -56,12 +61,16 @@ class Driver:
             self.runner.wait_ready()
             self._emit({"type": "actors_ready", "num_actors": self.runner.num_actors,
                         "wait_s": time.perf_counter() - started})
-            summary = FederatedRun(self.cfg, self.run_dir, self.runner, self._emit).run()
+            summary = FederatedRun(
+                self.cfg, self.run_dir, self.runner, self._emit, self.evaluator
+            ).run()
             self.final_memory = self.memory()
             return summary
         finally:
             self.runner.close()
             self.runner = None
+            if self.evaluator is not None:
+                self.evaluator.close()
 
     def memory(self) -> dict[str, Any]:
         """Peak resident memory (MB) of the driver and of every client actor; after ``run``
@@ -77,14 +86,16 @@ RemoteDriver = ray.remote(Driver)
 def start_driver(
     cfg: Config, run_dir: str | Path, crash_on: Iterable[tuple[int, int]] = ()
 ) -> ray.actor.ActorHandle:
-    """Create the client actors and the driver actor (on this node, which writes the run
-    directory; it holds no CPU) without waiting for either to start."""
+    """Create the client actors, the evaluation actor (with ``eval.every``) and the driver actor
+    (on this node, which writes the run directory; it holds no CPU) without waiting for any of
+    them to start."""
     shards = ClientShards.from_config(cfg)
     runner = RayRunner(cfg, shards.stream_factory(), shards.steps_per_client(), crash_on)
+    evaluator = RayEvaluator(cfg) if cfg.eval.every else None
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     return RemoteDriver.options(
         num_cpus=0, max_concurrency=4, scheduling_strategy=here
-    ).remote(cfg, str(run_dir), runner, shards.summary())
+    ).remote(cfg, str(run_dir), runner, shards.summary(), evaluator)
 
 
 def run_on_ray(

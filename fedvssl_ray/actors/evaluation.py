@@ -18,7 +18,6 @@ object store once and every actor reads them from there.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,16 +31,6 @@ from ..evaluation import TASKS, EvalVideo, Extracted, FeatureSpec, evaluate_back
 
 COLUMNS = ("video_id", "path", "num_frames", "frame_zip", "label")
 VIDEOS_PER_TASK = 4  # videos a decode task handles (rounded up to whole forward groups)
-
-
-def start_ray(cfg: Config) -> None:
-    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally."""
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
 
 
 def _videos_of(batch: dict[str, np.ndarray]) -> list[EvalVideo]:

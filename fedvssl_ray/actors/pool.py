@@ -23,7 +23,12 @@ from ..config import Config, ConfigError
 from ..training.messages import ClientResult, NeedHead
 from ..training.rounds import EventSink, HeadSource, RoundOutcome
 from .client_actor import RemoteClientActor
-from .resources import alive_nodes, check_client_resources, cluster_can_grow
+from .cluster import (
+    alive_nodes,
+    check_client_resources,
+    check_eval_resources,
+    cluster_can_grow,
+)
 
 
 def plan_actors(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> int:
@@ -88,7 +93,9 @@ class RayRunner:
         cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
         self.num_actors = plan_actors(cfg, cpus, gpus)
         try:
-            check_client_resources(cfg, alive_nodes(), self.num_actors)
+            nodes = alive_nodes()
+            check_client_resources(cfg, nodes, self.num_actors)
+            check_eval_resources(cfg, nodes, self.num_actors)
         except ConfigError as err:
             if not cluster_can_grow():
                 raise

@@ -17,6 +17,7 @@ from ..config import Config
 from ..models import Weights
 from ..run_dir import RunDir
 from .client import ClientWorker, StreamFactory
+from .evaluator import InlineEvaluator
 from .messages import ClientResult, NeedHead
 from .rounds import EventSink, FederatedRun, HeadSource, RoundOutcome
 
@@ -71,6 +72,8 @@ class PlainRunner:
 def run_plain(
     cfg: Config, run_dir: RunDir, stream_factory: StreamFactory, emit: EventSink | None = None
 ) -> dict:
-    """Run the whole federated schedule in this process; returns the summary."""
+    """Run the whole federated schedule in this process (evaluations included, between
+    rounds); returns the summary."""
     runner = PlainRunner(cfg, stream_factory)
-    return FederatedRun(cfg, run_dir, runner, emit).run()
+    evaluator = InlineEvaluator(cfg) if cfg.eval.every else None
+    return FederatedRun(cfg, run_dir, runner, emit, evaluator).run()

@@ -18,6 +18,14 @@ import numpy as np
 from ..aggregation import NoValidUpdatesError, Weights, make_strategy
 from ..config import Config
 from ..run_dir import RunDir
+from .evaluator import (
+    EvalResult,
+    RoundEvaluator,
+    eval_rounds,
+    load_cached_initial,
+    save_cached_initial,
+    summarize,
+)
 from .messages import ClientResult
 from .strategy_params import strategy_params
 
@@ -90,13 +98,17 @@ class FederatedRun:
     """Drives rounds from the last complete one to ``cfg.rounds``."""
 
     def __init__(
-        self, cfg: Config, run_dir: RunDir, runner: ClientRunner, emit: EventSink | None = None
+        self, cfg: Config, run_dir: RunDir, runner: ClientRunner, emit: EventSink | None = None,
+        evaluator: RoundEvaluator | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.runner = runner
         self.emit = emit or (lambda event: None)  # progress events, e.g. to the launching script
         self.strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
+        self.evaluator = evaluator
+        self.eval_rounds = eval_rounds(cfg) if evaluator is not None else set()
+        self.evals: dict[int, EvalResult] = {}
 
     def run(self) -> dict[str, Any]:
         """Run (or resume) to the last round; returns the summary also written to disk."""
@@ -114,12 +126,47 @@ class FederatedRun:
             self.strategy.load_state_dict(resume.strategy_state)
             self.strategy.load_state_arrays(resume.strategy_arrays)
             self.emit({"type": "resumed", "round": start_round})
+        self._start_evaluation(None if resume else global_weights)
         for round_idx in range(start_round + 1, self.cfg.rounds + 1):
             global_weights = self._round(round_idx, global_weights, heads, started, elapsed)
+            if round_idx in self.eval_rounds:
+                self.evaluator.submit(round_idx, global_weights)
+            self._collect_evaluations(wait=False)
+        self._collect_evaluations(wait=True)
         summary = self._summary(time.perf_counter() - started + elapsed)
         self.run_dir.write_summary(summary)
         self.emit({"type": "done", "summary": summary})
         return summary
+
+    def _start_evaluation(self, initial: Weights | None) -> None:
+        """Evaluate the random init first (cached per dataset, backbone and seed), overlapped
+        with round 1; ``initial`` is None on resume, where the evaluator rebuilds it."""
+        if self.evaluator is None:
+            return
+        self.evals = self.run_dir.read_evals()
+        if 0 in self.evals:
+            return
+        cached = load_cached_initial(self.cfg)
+        if cached is not None:
+            self._record_evaluation(0, cached)
+        else:
+            self.evaluator.submit(0, initial)
+
+    def _collect_evaluations(self, wait: bool) -> None:
+        """Record the evaluations that finished (every pending one with ``wait``)."""
+        if self.evaluator is None:
+            return
+        for round_idx, result in self.evaluator.finished(wait=wait):
+            if round_idx == 0:
+                save_cached_initial(self.cfg, result)
+            self._record_evaluation(round_idx, result)
+
+    def _record_evaluation(self, round_idx: int, result: EvalResult) -> None:
+        self.evals[round_idx] = result
+        self.run_dir.append_eval(round_idx, result)
+        kind = "eval_failed" if "error" in result else "eval_done"
+        self.emit({"type": kind, "round": round_idx, "result": result,
+                   "initial": self.evals.get(0)})
 
     def _train_and_aggregate(
         self, round_idx: int, global_weights: Weights, clients: list[int], heads: HeadSource
@@ -230,6 +277,7 @@ class FederatedRun:
             "final_loss": losses[-1] if losses else None,
             "failed_rounds": [r["round"] for r in records if r["status"] != "ok"],
             "checkpoint": str(self.run_dir.checkpoint_path(last)) if last else None,
+            **({"eval": summarize(self.run_dir.read_evals())} if self.evaluator else {}),
             "run_dir": str(self.run_dir.path),
             "wall_s": wall_s,
         }

@@ -1,16 +1,32 @@
-"""Can the cluster serve the config? Checked before any actor is created, so a config that asks
-for resources the cluster does not have stops at once with the key to change, instead of
-waiting for ever on Ray's "No available node types can fulfill resource request"."""
+"""Joining or starting Ray, and whether the cluster can serve the config.
+
+Resources are checked before any actor is created, so a config that asks for resources the
+cluster does not have stops at once with the key to change, instead of waiting for ever on
+Ray's "No available node types can fulfill resource request".
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 from ..config import Config, ConfigError
 
 NodeResources = Mapping[str, float]
+
+
+def start_ray(cfg: Config) -> None:
+    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally."""
+    import ray
+
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
 
 
 def actors_that_fit(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float) -> int:
@@ -56,6 +72,25 @@ def check_client_resources(
             f"client.num_cpus={c.num_cpus:g}, client.num_gpus={c.num_gpus:g}: set "
             f"client.num_actors=0 (as many as fit) or at most {fit}"
         )
+
+
+def check_eval_resources(cfg: Config, nodes: Sequence[NodeResources], num_actors: int) -> None:
+    """Raise :class:`ConfigError` when the evaluation actor (``eval.every``) cannot run next to
+    the client actors: it would wait until the run ended, and the run waits for it."""
+    if not cfg.eval.every:
+        return
+    e, c = cfg.eval, cfg.client
+    for resource, key, per_eval, per_client in (
+        ("CPU", "num_cpus", e.num_cpus, c.num_cpus), ("GPU", "num_gpus", e.num_gpus, c.num_gpus)
+    ):
+        total = sum(node.get(resource, 0.0) for node in nodes)
+        left = total - num_actors * per_client
+        if per_eval > left + 1e-9:
+            raise ConfigError(
+                f"eval.{key}={per_eval:g} but the cluster's {total:g} {resource}(s) leave "
+                f"{max(left, 0):g} next to {num_actors} client actor(s) at client.{key}="
+                f"{per_client:g}: set eval.{key}=0 to share theirs, or eval.every=0"
+            )
 
 
 def alive_nodes() -> list[dict[str, float]]:
