@@ -10,6 +10,7 @@
     <run_dir>/state/                     what a resume needs: state.json (the commit marker of
                                          the last complete round), client heads, strategy arrays
     <run_dir>/summary.json               final figures
+    <run_dir>/plot.png                   relative loss and evaluation figures per round
 
 A round is complete once ``state/state.json`` names it. Files of a later, incomplete round are
 ignored and replaced on resume, so a run killed at any moment resumes to identical results. A
@@ -227,6 +228,13 @@ class RunDir:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(path)
+
+    def write_plot(self) -> Path:
+        """``plot.png``: the relative loss per round and the evaluations of the global."""
+        from .plots import plot_runs, run_curves  # matplotlib only when a run ends
+
+        curves = run_curves(self.read_metrics(), self.read_evals(), "global")
+        return plot_runs([curves], self.path / "plot.png", str(self.path.name))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         save_json_atomic(self.summary_path, dict(summary))

@@ -135,6 +135,7 @@ class FederatedRun:
         self._collect_evaluations(wait=True)
         summary = self._summary(time.perf_counter() - started + elapsed)
         self.run_dir.write_summary(summary)
+        self.run_dir.write_plot()
         self.emit({"type": "done", "summary": summary})
         return summary
 
