@@ -1,4 +1,10 @@
-"""Evaluate a backbone's representation: retrieval R@k and k-NN top-1, test queries vs train gallery.
+"""Evaluate a backbone's representation (retrieval R@k, k-NN top-1), or test a fine-tuned classifier.
+
+task=test scores a fine-tuning checkpoint (checkpoints/epoch-NNNN.npz of experiments/finetune.py)
+on the test split: 10 uniform clips x 1 centre crop per video, clip logits averaged, softmax;
+top-1, top-5 and mean class accuracy. Without --config the fine-tuning run's own config.json
+(next to its checkpoints/) is used, so the dataset, clip length and crop match; overrides apply
+on top. The result goes to <stem>.test.json next to the checkpoint.
 
 Features: the backbone's layer 4 (pretrain mode), average-pooled, over eval.num_clips uniform
 clips per video with a centre crop, averaged per video; cosine similarity. The result is printed
@@ -11,6 +17,7 @@ examples:
   python experiments/evaluate.py checkpoint=runs/synthetic-20261125-101500/checkpoints/round-0020.npz task=all
   python experiments/evaluate.py --config ucf101 data.root=/data/ucf101 checkpoint=round-0020.npz task=knn
   python experiments/evaluate.py checkpoint=none task=knn --local   # one process, no Ray
+  python experiments/evaluate.py task=test checkpoint=runs/finetune-synthetic-20261125-120000/checkpoints/epoch-0004.npz
 """
 
 from __future__ import annotations
@@ -22,7 +29,13 @@ from pathlib import Path
 from common import config_parser, exit_on_error, resolve_config
 
 from fedvssl_ray.checkpoint import save_json_atomic
-from fedvssl_ray.config import Config, config_to_dict, format_config
+from fedvssl_ray.config import (
+    DEFAULT_PRESET,
+    Config,
+    apply_overrides,
+    config_to_dict,
+    format_config,
+)
 from fedvssl_ray.data.manifest import ManifestError
 from fedvssl_ray.evaluation import evaluate_backbone, format_result, parse_tasks
 from fedvssl_ray.evaluation.splits import eval_videos
@@ -31,6 +44,7 @@ from fedvssl_ray.evaluation.weights import (
     initial_backbone_weights,
     load_backbone_checkpoint,
 )
+from fedvssl_ray.run_dir import RunDir
 
 OWN_KEYS = ("checkpoint", "task", "out")
 
@@ -38,7 +52,7 @@ OWN_KEYS = ("checkpoint", "task", "out")
 def parse_args(argv: list[str] | None):
     parser = config_parser(__doc__)
     parser.usage = (
-        "%(prog)s checkpoint=PATH|none [task=retrieval|knn|all] [out=FILE.json] "
+        "%(prog)s checkpoint=PATH|none [task=retrieval|knn|all|test] [out=FILE.json] "
         "[--config PRESET] [--local] [key=value ...]"
     )
     parser.add_argument(
@@ -83,8 +97,11 @@ class EvalProgress:
 
     def __call__(self, event: dict) -> None:
         if event["type"] == "eval_start":
-            print(f"features of {event['queries']} test and {event['gallery']} train videos",
-                  flush=True)
+            if event["gallery"]:
+                print(f"features of {event['queries']} test and {event['gallery']} train videos",
+                      flush=True)
+            else:
+                print(f"scoring {event['queries']} test videos", flush=True)
             return
         done, total, elapsed = event["done"], event["total"], event["elapsed_s"]
         if done < total and elapsed - self.last < self.every_s:
@@ -100,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     args, own = parse_args(argv)
     if "checkpoint" not in own or not own["checkpoint"]:
         raise fail("checkpoint=PATH|none is required (a .npz written by a run, or none)")
+    if own.get("task") == "test":
+        return main_test(args, own, launched)
     try:
         tasks = parse_tasks(own.get("task", "all"))
     except ValueError as err:
-        raise fail(str(err)) from None
+        raise fail(f"{err} (or test, for a fine-tuned classifier)") from None
     cfg = resolve_config(args)
     if args.print_config:
         print(format_config(cfg), end="")
@@ -145,6 +164,56 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_json_atomic(out, result)
     print(format_result(result))
+    print(f"done in {result['wall_s']:.1f} s; wrote {out}")
+    return 0
+
+
+def test_config(args, checkpoint: str) -> tuple[Config, str]:
+    """The config of a test: the fine-tuning run's own (when --config is not given and the
+    checkpoint sits in a run's checkpoints/), else the preset; overrides on top."""
+    run_config = Path(checkpoint).resolve().parent.parent / "config.json"
+    if args.config != DEFAULT_PRESET or not run_config.is_file():
+        return resolve_config(args), args.config
+    saved = exit_on_error(RunDir(run_config.parent).read_config)
+    return exit_on_error(apply_overrides, saved, args.overrides), str(run_config)
+
+
+def main_test(args, own: dict, launched: float) -> int:
+    """task=test: the 10-clip test of a fine-tuned classifier."""
+    from fedvssl_ray.evaluation.classification import evaluate_classifier, format_test_result
+    from fedvssl_ray.evaluation.weights import load_classifier_checkpoint
+
+    checkpoint = own.get("checkpoint", "")
+    if not checkpoint or checkpoint == "none":
+        raise fail("task=test needs checkpoint=PATH of a fine-tuned classifier "
+                   "(checkpoints/epoch-NNNN.npz of experiments/finetune.py)")
+    cfg, config_source = test_config(args, checkpoint)
+    if args.print_config:
+        print(format_config(cfg), end="")
+        return 0
+    try:
+        weights, meta = load_classifier_checkpoint(checkpoint, cfg.model.backbone)
+    except BackboneCheckpointError as err:
+        raise fail(str(err)) from None
+    out = Path(own["out"]) if own.get("out") else Path(checkpoint).with_suffix(".test.json")
+    print(f"config: {config_source}", flush=True)
+    if args.local:
+        result = exit_on_error(evaluate_classifier, weights, cfg, progress=EvalProgress())
+    else:
+        from fedvssl_ray.actors.cluster import start_ray
+        from fedvssl_ray.actors.evaluation import RayExtractor
+
+        start_ray(cfg)
+        result = exit_on_error(evaluate_classifier, weights, cfg, progress=EvalProgress(),
+                               extractor=exit_on_error(RayExtractor, cfg))
+    result = {
+        "checkpoint": checkpoint, "epoch": meta.get("epoch"),
+        "engine": "local" if args.local else "ray", **result,
+        "wall_s": round(time.perf_counter() - launched, 3), "config": config_to_dict(cfg),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(out, result)
+    print(format_test_result(result))
     print(f"done in {result['wall_s']:.1f} s; wrote {out}")
     return 0
 

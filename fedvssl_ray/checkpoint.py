@@ -12,6 +12,14 @@ object array holding a pickled ``flwr.common.typing.Parameters`` whose tensors a
 ndarrays). Unpickling runs whatever the file embeds, so :func:`import_flower_checkpoint`
 unpickles with an allow-list: numpy's array-reconstruction callables, ``ndarray``,
 ``dtype``, and ``Parameters`` mapped to a plain record. Anything else is refused by name.
+
+Interchange with other code: :func:`export_ctp_state_dict` writes a backbone as a torch state
+dict in the original CtP naming (``{"state_dict": {"backbone.<CtP name>": tensor}}``, the
+mapping of CTP.md §2) and :func:`import_ctp_state_dict` reads such files with
+``torch.load(weights_only=True)``. :func:`load_backbone_any` reads any supported checkpoint
+(native, CtP torch, or the Flower baseline's / authors' pickled ``.npz``), but a pickled file
+only with an explicit ``trust_pickle=True`` (and a warning: unpickling can run code); anything
+else is refused with a message naming the file and the formats expected.
 """
 
 from __future__ import annotations
@@ -269,3 +277,202 @@ def flower_list_to_backbone(
             )
         out[key] = array
     return out
+
+
+# -- CtP (mmcv) torch state dicts ----------------------------------------------------------------
+
+CTP_PREFIX = "backbone."
+
+
+def torchvision_to_ctp_key(key: str) -> str:
+    """A backbone key in torchvision naming (``layer1.0.conv1.0.weight``) -> CtP's
+    (``layer1.0.conv1.conv.weight``); CTP.md §2. Unknown keys raise ``KeyError``."""
+    parts = key.split(".")
+    if parts[:2] == ["stem", "0"]:
+        return ".".join(["stem", "conv", *parts[2:]])
+    if parts[:2] == ["stem", "1"]:
+        return ".".join(["stem", "bn", *parts[2:]])
+    if len(parts) >= 5 and parts[0].startswith("layer") and parts[2] in ("conv1", "conv2"):
+        layer, block, conv, index, rest = parts[0], parts[1], parts[2], parts[3], parts[4:]
+        if index == "0":
+            return ".".join([layer, block, conv, "conv", *rest])
+        if index == "1":
+            return ".".join([layer, block, "bn" + conv[-1], *rest])
+    if len(parts) >= 5 and parts[0].startswith("layer") and parts[2] == "downsample":
+        layer, block, index, rest = parts[0], parts[1], parts[3], parts[4:]
+        if index == "0":
+            return ".".join([layer, block, "downsample", "conv", *rest])
+        if index == "1":
+            return ".".join([layer, block, "downsample_bn", *rest])
+    raise KeyError(f"no CtP name for backbone key {key!r}")
+
+
+def ctp_to_torchvision_key(key: str) -> str:
+    """The inverse of :func:`torchvision_to_ctp_key` (``module.`` and ``backbone.`` stripped)."""
+    key = key.removeprefix("module.").removeprefix(CTP_PREFIX)
+    parts = key.split(".")
+    if parts[:2] == ["stem", "conv"]:
+        return ".".join(["stem", "0", *parts[2:]])
+    if parts[:2] == ["stem", "bn"]:
+        return ".".join(["stem", "1", *parts[2:]])
+    if len(parts) >= 4 and parts[0].startswith("layer"):
+        layer, block, name, rest = parts[0], parts[1], parts[2], parts[3:]
+        if name in ("conv1", "conv2") and rest[:1] == ["conv"]:
+            return ".".join([layer, block, name, "0", *rest[1:]])
+        if name in ("bn1", "bn2"):
+            return ".".join([layer, block, "conv" + name[-1], "1", *rest])
+        if name == "downsample" and rest[:1] == ["conv"]:
+            return ".".join([layer, block, "downsample", "0", *rest[1:]])
+        if name == "downsample_bn":
+            return ".".join([layer, block, "downsample", "1", *rest])
+    raise KeyError(f"no torchvision name for CtP backbone key {key!r}")
+
+
+def export_ctp_state_dict(
+    path: PathLike, backbone: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None
+) -> None:
+    """Atomically write ``{"state_dict": {"backbone.<CtP name>": tensor}, "meta": {...}}`` with
+    ``torch.save``; ``backbone`` holds ``backbone.*`` entries in torchvision naming (other
+    entries, e.g. a CtP or classification head, are not exported)."""
+    import torch
+
+    state = {}
+    for key, value in backbone.items():
+        if not key.startswith(CTP_PREFIX):
+            continue
+        name = torchvision_to_ctp_key(key.removeprefix(CTP_PREFIX))
+        state[CTP_PREFIX + name] = torch.from_numpy(np.array(value, copy=True))
+    if not state:
+        raise ValueError("no backbone.* entries to export")
+    payload = {"state_dict": state, "meta": {"format": "ctp-state-dict", **dict(meta or {})}}
+    _write_atomic(Path(path), lambda fh: torch.save(payload, fh))
+
+
+def import_ctp_state_dict(path: PathLike) -> dict[str, np.ndarray]:
+    """``backbone.*`` entries (torchvision naming) of a CtP-named torch checkpoint.
+
+    Read with ``torch.load(weights_only=True)`` (no code runs); takes ``state_dict`` if present
+    (else the file's top-level dict), strips ``module.``, keeps ``backbone.*`` and renames them.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "checkpoint not found", str(path)) from None
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... on bad files
+        raise CheckpointError(
+            f"{path}: not a torch state dict loadable with weights_only=True ({err})"
+        ) from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: expected a dict with 'state_dict' (keys backbone.*), got {type(obj).__name__}"
+        )
+    out = {}
+    for key, value in state.items():
+        bare = str(key).removeprefix("module.")
+        if not bare.startswith(CTP_PREFIX):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: {key!r} is a {type(value).__name__}, not a tensor")
+        try:
+            name = ctp_to_torchvision_key(bare)
+        except KeyError as err:
+            raise CheckpointError(f"{path}: {err.args[0]}") from None
+        out[CTP_PREFIX + name] = value.detach().cpu().numpy()
+    if not out:
+        raise CheckpointError(
+            f"{path}: no backbone.* entries in its state_dict (keys: {list(state)[:5]})"
+        )
+    return out
+
+
+# -- any backbone checkpoint ---------------------------------------------------------------------
+
+PICKLE_WARNING = (
+    "trust_pickle=true: {path} holds pickled Python objects; unpickling can run code embedded "
+    "in the file. It is read through a restricted unpickler (numpy arrays and flwr Parameters "
+    "only), but load only files from a source you trust."
+)
+
+
+def checkpoint_kind(path: PathLike) -> str:
+    """``native`` (.npz of named arrays), ``pickled-npz`` (an .npz with object arrays: the
+    Flower baseline's or the authors' files), ``torch`` (a ``torch.save`` zip), or ``unknown``.
+    Reads only the archive's directory and array headers, never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "checkpoint not found", str(path))
+    if not zipfile.is_zipfile(path):
+        return "unknown"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if names and all(n.endswith(".npy") for n in names):
+                for name in names:
+                    with zf.open(name) as fh:
+                        if _npy_dtype(fh).hasobject:
+                            return "pickled-npz"
+                return "native"
+            if any(n.endswith("data.pkl") for n in names):
+                return "torch"
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return "unknown"
+    return "unknown"
+
+
+def _npy_dtype(fh: IO[bytes]) -> np.dtype:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)[2]
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fh)[2]
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+EXPECTED_FORMATS = (
+    "a .npz of named arrays written by a run (checkpoints/round-NNNN.npz or epoch-NNNN.npz), "
+    "a torch state dict in CtP naming ({'state_dict': {'backbone.*': tensor}}), or, with "
+    "trust_pickle=true, a Flower baseline / authors' pickled .npz"
+)
+
+
+def load_backbone_any(
+    path: PathLike,
+    backbone_keys_and_shapes: Mapping[str, Sequence[int]],
+    *,
+    trust_pickle: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(entries with ``backbone.*`` keys, metadata) of a checkpoint in any supported format.
+
+    ``backbone_keys_and_shapes`` lists the ``backbone.*`` keys in state order with their
+    shapes (used to name a Flower list positionally). A native file may hold other entries too
+    (a head); they are returned and the caller picks. A pickled ``.npz`` is refused unless
+    ``trust_pickle``; then ``warn`` receives :data:`PICKLE_WARNING` before it is read.
+    """
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    if kind == "native":
+        arrays, meta = load_arrays(path)
+        return arrays, {"format": "native", **meta}
+    if kind == "torch":
+        return import_ctp_state_dict(path), {"format": "ctp-state-dict"}
+    if kind == "pickled-npz":
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path} holds pickled objects (a Flower baseline or authors' checkpoint); "
+                "loading it unpickles, which can run code embedded in the file. Refused: pass "
+                "trust_pickle=true only if you trust where the file comes from"
+            )
+        if warn is not None:
+            warn(PICKLE_WARNING.format(path=path))
+        arrays = import_flower_checkpoint(path)
+        try:
+            named = flower_list_to_backbone(arrays, backbone_keys_and_shapes)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        return named, {"format": "flower", "arrays": len(arrays)}
+    raise CheckpointError(f"{path}: not a checkpoint this project reads; expected {EXPECTED_FORMATS}")

@@ -99,6 +99,37 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Supervised fine-tuning of a backbone (CTP.md §7, FEDVSSL.md §8) on Ray Train, then the test."""
+
+    checkpoint: str = ""  # backbone to start from: a .npz of a run, a CtP torch state dict, none
+    trust_pickle: bool = False  # allow a pickled (Flower baseline / authors') .npz: runs its code
+    epochs: int = 150
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_steps: str = "60,120"  # epochs after which the LR is multiplied by lr_gamma (comma list)
+    lr_gamma: float = 0.1
+    grad_clip: float = 40.0  # max global L2 norm of the gradient; 0 disables clipping
+    dropout: float = 0.5
+    batch_size: int = 4  # per worker (the Flower baseline: 4 on 1 GPU; upstream CtP 8 x 4)
+    clip_len: int = 0  # frames per clip; 0: data.clip_len
+    stride: int = 2  # frame stride of the training and test clips
+    crop_size: int = 0  # 0: data.crop_size
+    dataset: Literal["", "synthetic", "ucf101", "hmdb51", "kinetics400"] = ""  # "": data.dataset
+    root: str = ""  # prepared dataset directory; "": data.root
+    split: int = 0  # 0: data.split
+    workers: int = 1  # Ray Train workers (DDP)
+    num_cpus: float = 1.0  # per worker
+    num_gpus: float = 0.0  # per worker (> 0: use_gpu)
+    torch_threads: int = 0  # per worker; 0: max(1, num_cpus)
+    decode_workers: int = 0  # Ray Data decode tasks running at once per worker; 0: automatic
+    mixed_precision: bool = True  # bf16 autocast, on GPU only (CPU always trains in fp32)
+    checkpoint_every: int = 1  # keep checkpoints/epoch-NNNN.npz every N epochs (and the last)
+    test: bool = True  # run the 10-clip test on the final model
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """How to reach Ray: an address joins a running cluster, empty starts a local one."""
 
@@ -124,6 +155,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -421,7 +453,79 @@ def validate(cfg: Config) -> None:
     require(e.batch_size >= 1, f"eval.batch_size={e.batch_size} must be >= 1")
     require(e.workers >= 0, f"eval.workers={e.workers} must be >= 0 (0: automatic)")
     require(e.num_cpus >= 0 and e.num_gpus >= 0, "eval.num_cpus and eval.num_gpus must be >= 0")
+    validate_finetune(cfg.finetune)
     require(cfg.ray.num_cpus >= 0, "ray.num_cpus must be >= 0 (0: all cores)")
+
+
+def parse_lr_steps(text: str, epochs: int | None = None) -> tuple[int, ...]:
+    """``finetune.lr_steps`` ("60,120", or "" for none) as increasing positive epochs."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        steps = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(
+            f"finetune.lr_steps={text!r} must be comma-separated epochs, e.g. 60,120 (or empty)"
+        ) from None
+    if any(s < 1 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ConfigError(
+            f"finetune.lr_steps={text!r} must be strictly increasing epochs >= 1, e.g. 60,120"
+        )
+    if epochs is not None and steps and steps[-1] >= epochs:
+        raise ConfigError(
+            f"finetune.lr_steps={text!r} has a step at or after the last epoch "
+            f"(finetune.epochs={epochs}); it would never take effect"
+        )
+    return steps
+
+
+def validate_finetune(f: FinetuneConfig) -> None:
+    """Checks of the ``finetune`` section."""
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    require(f.epochs >= 1, f"finetune.epochs={f.epochs} must be >= 1")
+    require(f.lr > 0, f"finetune.lr={f.lr} must be > 0")
+    require(f.momentum >= 0, f"finetune.momentum={f.momentum} must be >= 0")
+    require(f.weight_decay >= 0, f"finetune.weight_decay={f.weight_decay} must be >= 0")
+    parse_lr_steps(f.lr_steps, f.epochs)
+    require(0 < f.lr_gamma <= 1, f"finetune.lr_gamma={f.lr_gamma} must be in (0, 1]")
+    require(f.grad_clip >= 0, f"finetune.grad_clip={f.grad_clip} must be >= 0 (0 disables it)")
+    require(0 <= f.dropout < 1, f"finetune.dropout={f.dropout} must be in [0, 1)")
+    require(f.batch_size >= 1, f"finetune.batch_size={f.batch_size} must be >= 1")
+    require(
+        f.clip_len == 0 or (f.clip_len >= 8 and f.clip_len % 8 == 0),
+        f"finetune.clip_len={f.clip_len} must be 0 (data.clip_len) or a multiple of 8",
+    )
+    require(f.stride >= 1, f"finetune.stride={f.stride} must be >= 1")
+    require(
+        f.crop_size == 0 or (f.crop_size >= 32 and f.crop_size % 16 == 0),
+        f"finetune.crop_size={f.crop_size} must be 0 (data.crop_size) or a multiple of 16, >= 32",
+    )
+    require(
+        f.split in (0, 1, 2, 3),
+        f"finetune.split={f.split} is not allowed; choose one of [0 (data.split), 1, 2, 3]",
+    )
+    require(f.workers >= 1, f"finetune.workers={f.workers} must be >= 1")
+    require(f.num_cpus >= 0 and f.num_gpus >= 0, "finetune.num_cpus and finetune.num_gpus must be >= 0")
+    require(f.torch_threads >= 0, f"finetune.torch_threads={f.torch_threads} must be >= 0")
+    require(f.decode_workers >= 0, f"finetune.decode_workers={f.decode_workers} must be >= 0")
+    require(f.checkpoint_every >= 1, f"finetune.checkpoint_every={f.checkpoint_every} must be >= 1")
+
+
+def finetune_data(cfg: Config) -> Config:
+    """``cfg`` with ``data.*`` replaced by what fine-tuning uses (``finetune.*`` where set)."""
+    f = cfg.finetune
+    data = dataclasses.replace(
+        cfg.data,
+        dataset=f.dataset or cfg.data.dataset,
+        root=f.root or cfg.data.root,
+        split=f.split or cfg.data.split,
+        clip_len=f.clip_len or cfg.data.clip_len,
+        crop_size=f.crop_size or cfg.data.crop_size,
+    )
+    return dataclasses.replace(cfg, data=data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,11 +55,11 @@ class BackboneWorker:
     def __init__(self, weights: list, spec: FeatureSpec, device: str, threads: int) -> None:
         import torch
 
-        from ..evaluation.features import FeatureModel
+        from ..evaluation.features import make_model
 
         torch.set_num_threads(threads)
-        self.model = FeatureModel(ray.get(weights[0]), spec, device)
-        self.channels = self.model.backbone.out_channels
+        self.model = make_model(ray.get(weights[0]), spec, device)
+        self.channels = self.model.out_dim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([not e for e in batch["error"]], bool)

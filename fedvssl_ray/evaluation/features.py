@@ -18,7 +18,7 @@ from ..data import decode, frame_zip
 from ..data.clips import eval_indices
 from ..data.transforms import EvalPreset
 from ..models import Weights, build_backbone, set_weights
-from .spec import FRAME_STRIDE, EvalVideo, Extracted, FeatureSpec
+from .spec import EvalVideo, Extracted, FeatureSpec
 from .weights import PREFIX
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ ProgressFn = Callable[[int, int], None]
 def video_clips(video: EvalVideo, spec: FeatureSpec, preset: EvalPreset) -> np.ndarray:
     """``[num_clips, 3, T, S, S]`` float32: the video's uniform test clips, centre-cropped."""
     indices = eval_indices(
-        video.num_frames, num_clips=spec.num_clips, clip_len=spec.clip_len, stride=FRAME_STRIDE
+        video.num_frames, num_clips=spec.num_clips, clip_len=spec.clip_len, stride=spec.stride
     )
     reader = frame_zip.read_frames if video.frame_zip else decode.read_frames
     frames = reader(video.path, indices.ravel(), name=video.video_id)
@@ -80,6 +80,7 @@ class FeatureModel:
             )
         set_weights(backbone, own)  # other entries (a CtP head) are not part of the features
         self.backbone = backbone.to(self.device).eval()
+        self.out_dim = backbone.out_channels
 
     @torch.inference_mode()
     def __call__(self, clips: np.ndarray) -> np.ndarray:
@@ -93,6 +94,61 @@ class FeatureModel:
         return per_clip.mean(dim=1).numpy()
 
 
+class LogitModel:
+    """A fine-tuned classifier (eval mode: dropout off, BN running statistics) that turns a
+    group's clips into the mean of each video's clip logits (FEDVSSL.md §8: softmax follows).
+
+    ``weights`` holds the classifier's ``backbone.*`` and ``cls_head.*`` entries; the number of
+    classes is read from ``cls_head.fc_cls.weight``.
+    """
+
+    def __init__(self, weights: Weights, spec: FeatureSpec, device: str = "cpu") -> None:
+        from ..models import build_classifier
+
+        head = weights.get(CLS_WEIGHT)
+        if head is None:
+            raise ValueError(
+                f"weights lack {CLS_WEIGHT}: not a fine-tuned classifier (fine-tune the backbone "
+                "first: python experiments/finetune.py checkpoint=...)"
+            )
+        self.device = torch.device(device)
+        self.batch_size = spec.batch_size
+        model = build_classifier(spec.backbone, num_classes=int(head.shape[0]))
+        parts = ("backbone", "cls_head")
+        wanted = {k: v for k, v in weights.items() if k.split(".", 1)[0] in parts}
+        missing = [k for k in model.state_dict() if k not in wanted]
+        if missing:
+            raise ValueError(
+                f"weights lack {len(missing)} of the {spec.backbone} classifier's entries "
+                f"(e.g. {missing[0]})"
+            )
+        set_weights(model, wanted)
+        self.model = model.to(self.device).eval()
+        self.out_dim = int(head.shape[0])
+
+    @torch.inference_mode()
+    def __call__(self, clips: np.ndarray) -> np.ndarray:
+        """``[V, N, 3, T, S, S]`` -> ``[V, num_classes]`` float32: mean of the clips' logits."""
+        flat = torch.from_numpy(clips.reshape(-1, *clips.shape[2:]))
+        logits = [
+            self.model(chunk.to(self.device)).float().cpu() for chunk in flat.split(self.batch_size)
+        ]
+        per_clip = torch.cat(logits).view(clips.shape[0], clips.shape[1], -1)
+        return per_clip.mean(dim=1).numpy()
+
+
+CLS_WEIGHT = "cls_head.fc_cls.weight"
+
+
+def make_model(weights: Weights, spec: FeatureSpec, device: str = "cpu") -> FeatureModel | LogitModel:
+    """The model ``spec.output`` asks for: backbone features, or classifier logits."""
+    if spec.output == "logits":
+        return LogitModel(weights, spec, device)
+    if spec.output != "features":
+        raise ValueError(f"unknown output {spec.output!r}; choose one of ['features', 'logits']")
+    return FeatureModel(weights, spec, device)
+
+
 def extract_features(
     videos: Sequence[EvalVideo],
     weights: Weights,
@@ -101,9 +157,10 @@ def extract_features(
     device: str = "cpu",
     progress: ProgressFn | None = None,
 ) -> Extracted:
-    """Features of ``videos`` in this process: groups of ``spec.videos_per_forward`` videos."""
-    model = FeatureModel(weights, spec, device)
-    feats = np.zeros((len(videos), model.backbone.out_channels), np.float32)
+    """Features (or, with ``spec.output="logits"``, mean clip logits) of ``videos`` in this
+    process: groups of ``spec.videos_per_forward`` videos."""
+    model = make_model(weights, spec, device)
+    feats = np.zeros((len(videos), model.out_dim), np.float32)
     errors: dict[int, str] = {}
     group = spec.videos_per_forward
     for start in range(0, len(videos), group):

@@ -20,6 +20,7 @@ from ..config import Config
 
 FEATURE_LAYER = "layer4"
 POOLING = "global average over (T, H, W) per clip, then mean over the video's clips"
+LOGIT_POOLING = "mean of the clips' logits per video, then softmax"
 FRAME_STRIDE = 2
 
 
@@ -50,6 +51,8 @@ class FeatureSpec:
     crop_size: int = 112
     batch_size: int = 16  # clips per forward pass, at most (whole videos; at least one)
     mode: str = "pretrain"  # backbone strides: "pretrain" (CtP) or "finetune" (torchvision)
+    stride: int = FRAME_STRIDE  # frame stride within a clip
+    output: str = "features"  # "features": pooled layer 4; "logits": a classifier's logits
 
     @classmethod
     def from_config(cls, cfg: Config) -> FeatureSpec:
@@ -68,17 +71,18 @@ class FeatureSpec:
 
     def describe(self) -> dict[str, Any]:
         """The feature definition as plain data, to store next to every metric."""
+        logits = self.output == "logits"
         return {
             "backbone": self.backbone,
             "backbone_mode": self.mode,
-            "layer": FEATURE_LAYER,
-            "pooling": POOLING,
+            "layer": "classifier logits (cls_head.fc_cls)" if logits else FEATURE_LAYER,
+            "pooling": LOGIT_POOLING if logits else POOLING,
             "clips_per_video": self.num_clips,
             "clip_len": self.clip_len,
-            "frame_stride": FRAME_STRIDE,
+            "frame_stride": self.stride,
             "clip_sampler": "uniform test offsets (CTP.md §7), frames clamped to the last",
             "spatial": f"fixed resize 171x128 scaled by {self.crop_size}/112 (portrait swapped), "
             f"centre crop {self.crop_size}",
             "batchnorm": "running statistics (eval mode)",
-            "similarity": "cosine of the L2-normalised video features",
+            **({} if logits else {"similarity": "cosine of the L2-normalised video features"}),
         }

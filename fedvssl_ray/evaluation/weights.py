@@ -85,3 +85,29 @@ def initial_backbone_weights(cfg: Config) -> Weights:
     model = build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
     keys = [k for k in model.state_dict() if k.startswith(PREFIX)]
     return get_weights(model, keys)
+
+
+CLS_PREFIX = "cls_head."
+
+
+def load_classifier_checkpoint(path: str | Path, backbone: str) -> tuple[Weights, dict]:
+    """(``backbone.*`` + ``cls_head.*`` weights, metadata) of a fine-tuned classifier's ``.npz``
+    (``checkpoints/epoch-NNNN.npz`` of a fine-tuning run), checked."""
+    weights, meta = load_backbone_checkpoint(path, backbone)
+    arrays, _ = load_arrays(Path(path))
+    head = {k: v for k, v in arrays.items() if k.startswith(CLS_PREFIX)}
+    wanted = (f"{CLS_PREFIX}fc_cls.weight", f"{CLS_PREFIX}fc_cls.bias")
+    if not all(k in head for k in wanted):
+        raise BackboneCheckpointError(
+            f"{path}: no classifier head ({', '.join(wanted)}): not a fine-tuned checkpoint. "
+            "Fine-tune it first (python experiments/finetune.py checkpoint=...) and test "
+            "checkpoints/epoch-NNNN.npz of that run"
+        )
+    weight, bias = head[wanted[0]], head[wanted[1]]
+    channels = next(v.shape[0] for k, v in weights.items() if k.endswith("layer4.0.conv2.0.weight"))
+    if weight.ndim != 2 or weight.shape[1] != channels or bias.shape != weight.shape[:1]:
+        raise BackboneCheckpointError(
+            f"{path}: classifier head shapes {weight.shape} / {bias.shape} do not fit the "
+            f"{backbone} backbone's {channels} channels"
+        )
+    return {**weights, **head}, meta
