@@ -82,6 +82,7 @@ class ModelConfig:
     """The video backbone under the CtP head."""
 
     backbone: Literal["r3d_18", "r3d10_narrow"] = "r3d_18"
+    head_init_std: float = 0.001  # std of the CtP head's fc weights at init (the reference: 0.001)
 
 
 @dataclass(frozen=True)
@@ -445,6 +446,7 @@ def validate(cfg: Config) -> None:
     require(d.split in (1, 2, 3), f"data.split={d.split} is not allowed; choose one of [1, 2, 3]")
     require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha={d.dirichlet_alpha} must be > 0")
     require(d.classes_per_client >= 1, "data.classes_per_client must be >= 1")
+    require(cfg.model.head_init_std > 0, f"model.head_init_std={cfg.model.head_init_std} must be > 0")
     e = cfg.eval
     require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0: no evaluation during pretraining)")
     require(e.max_videos >= 0, f"eval.max_videos={e.max_videos} must be >= 0 (0: all)")

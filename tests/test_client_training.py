@@ -365,3 +365,19 @@ def test_shard_cache_exclude_before_and_after_loading(tiny_videos) -> None:
     assert [loaded.videos[i].video_id for i in loaded.usable()] == ["v0", "v2", "v3", "v4"]
     assert loaded.bad_ids() == {"v1"} and len(loaded.skipped) == 1
 
+
+
+def test_head_init_std_scales_the_head_init_and_leaves_the_backbone():
+    from fedvssl_ray.config import ConfigError
+    from fedvssl_ray.training.client import seeded_ctp_model
+
+    base = ["model.backbone=r3d10_narrow", "data.crop_size=32", "data.clip_len=8"]
+    reference = seeded_ctp_model(load_config("synthetic", base)).state_dict()
+    wider = seeded_ctp_model(load_config("synthetic", [*base, "model.head_init_std=0.01"]))
+    for key, value in wider.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, reference[key]), key
+    for key in ("head.fc1.weight", "head.pred_head.weight"):
+        torch.testing.assert_close(wider.state_dict()[key], 10 * reference[key])
+    with pytest.raises(ConfigError, match="model.head_init_std"):
+        load_config("synthetic", ["model.head_init_std=0"])

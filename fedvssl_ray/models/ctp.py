@@ -22,7 +22,10 @@ SPATIAL_SCALE = 1 / 8
 class CtpHead(nn.Module):
     """temporal conv -> RoIAlign 5x5 (aligned) -> fc 512 -> fc ``4*num_frames``."""
 
-    def __init__(self, in_channels: int = 512, hidden: int = 512, num_frames: int = 16) -> None:
+    def __init__(
+        self, in_channels: int = 512, hidden: int = 512, num_frames: int = 16,
+        init_std: float = 0.001,
+    ) -> None:
         super().__init__()
         feat_frames = num_frames // 8  # the backbone's temporal stride is 8
         self.num_frames = num_frames
@@ -32,7 +35,7 @@ class CtpHead(nn.Module):
         nn.init.kaiming_normal_(self.temporal_conv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.temporal_conv.bias)
         for fc in (self.fc1, self.pred_head):
-            nn.init.normal_(fc.weight, std=0.001)
+            nn.init.normal_(fc.weight, std=init_std)  # 0.001 in the reference
             nn.init.zeros_(fc.bias)
 
     def forward(self, feats: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
@@ -49,23 +52,30 @@ class CtpHead(nn.Module):
 class CtpModel(nn.Module):
     """Backbone (``backbone.*`` keys) + CtP head (``head.*`` keys)."""
 
-    def __init__(self, backbone: VideoBackbone, num_frames: int = 16) -> None:
+    def __init__(
+        self, backbone: VideoBackbone, num_frames: int = 16, head_init_std: float = 0.001
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = CtpHead(backbone.out_channels, num_frames=num_frames)
+        self.head = CtpHead(backbone.out_channels, num_frames=num_frames, init_std=head_init_std)
 
     def forward(self, imgs: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(imgs), rois)
 
 
 def build_ctp_model(
-    backbone: str = "r3d_18", *, num_frames: int = 16, seed: int | None = None
+    backbone: str = "r3d_18", *, num_frames: int = 16, seed: int | None = None,
+    head_init_std: float = 0.001,
 ) -> CtpModel:
-    """A CtP model with a pretrain-mode backbone; ``seed`` makes the init reproducible."""
+    """A CtP model with a pretrain-mode backbone; ``seed`` makes the init reproducible, and
+    ``head_init_std`` scales the head's fc init (the backbone's init does not depend on it)."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        return CtpModel(build_backbone(backbone, "pretrain"), num_frames=num_frames)
+        return CtpModel(
+            build_backbone(backbone, "pretrain"), num_frames=num_frames,
+            head_init_std=head_init_std,
+        )
 
 
 def make_rois(gt_trajs: torch.Tensor) -> torch.Tensor:

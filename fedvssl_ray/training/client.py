@@ -20,7 +20,14 @@ import torch
 
 from ..aggregation import ClientUpdate, make_strategy, windowed_mean_loss
 from ..config import Config
-from ..models import Weights, build_ctp_model, get_weights, keys_with_prefix, set_weights
+from ..models import (
+    CtpModel,
+    Weights,
+    build_ctp_model,
+    get_weights,
+    keys_with_prefix,
+    set_weights,
+)
 from .local import LocalStats, SgdParams, train_local
 from .messages import ClientResult, NeedHead, client_seed
 from .strategy_params import strategy_params
@@ -55,9 +62,7 @@ class ClientWorker:
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if cfg.client.num_gpus > 0 else "cpu"))
-        self.model = build_ctp_model(
-            cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed
-        ).to(self.device)
+        self.model = seeded_ctp_model(cfg).to(self.device)
         self.head_keys = keys_with_prefix(self.model, "head")
         self.init_head = get_weights(self.model, self.head_keys)  # common init on every client
         strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
@@ -145,10 +150,7 @@ class ClientWorker:
 
         Built afresh, since this worker's own model may have trained already.
         """
-        model = build_ctp_model(
-            self.cfg.model.backbone, num_frames=self.cfg.data.clip_len, seed=self.cfg.seed
-        )
-        return get_weights(model, self.shared_keys)
+        return get_weights(seeded_ctp_model(self.cfg), self.shared_keys)
 
     def _head_for(
         self, client_id: int, version: int, head: Mapping[str, np.ndarray] | None
@@ -184,6 +186,14 @@ class ClientWorker:
         while len(cache) > self.max_cached_clients:
             evicted.append(cache.popitem(last=False))
         return evicted
+
+
+def seeded_ctp_model(cfg: Config) -> CtpModel:
+    """The run's CtP model at its seeded init: identical on every client."""
+    return build_ctp_model(
+        cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed,
+        head_init_std=cfg.model.head_init_std,
+    )
 
 
 def round_batches(
