@@ -72,6 +72,15 @@ def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
 def test_invalid_sizes_are_rejected():
     with pytest.raises(ValueError, match="videos_per_class"):
         SyntheticSpec(videos_per_class=2).validate()
+    with pytest.raises(ValueError, match="test_groups"):
+        SyntheticSpec(test_groups=0).validate()
+
+
+def test_default_split_has_many_queries_and_at_least_one_train_group():
+    spec = SyntheticSpec()
+    assert (spec.groups, spec.num_test_groups) == (7, 4)  # 8 test and 6 train videos per class
+    assert SyntheticSpec(videos_per_class=4).num_test_groups == 1
+    assert SyntheticSpec(videos_per_class=5, test_groups=9).num_test_groups == 2
     with pytest.raises(ValueError, match="even"):
         SyntheticSpec(width=63).validate()
 

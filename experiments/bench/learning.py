@@ -16,6 +16,8 @@ For every seed S it runs, through the library calls the user commands make:
    (``evaluate_backbone(None, cfg, "all")``, the round-0 global of that run), cached under
    ``runs/ls/random/`` per seed and feature spec.
 
+``--threads`` sets torch's thread count (one thread avoids oversubscribing a shared machine);
+it changes the numbers only through float rounding, which does compound over the rounds.
 It prints one row per seed and the mean, min-max and standard deviation of R@1, R@5 and k-NN
 top-1 for both, and of their differences; everything goes to ``runs/ls/TAG.json``.
 
@@ -76,12 +78,31 @@ def metric(result: dict, path: tuple[str, str]) -> float:
     return 100.0 * result[path[0]][path[1]]
 
 
-def pretrain(cfg, run_dir: RunDir, fresh: bool) -> tuple[dict, float | None]:
-    """Run the schedule unless ``run_dir`` already holds it with this config."""
+PRETRAINING = ("seed", "rounds", "num_clients", "clients_per_round", "min_clients",
+               "strategy", "client", "data", "model")
+
+
+def same_pretraining(a, b) -> bool:
+    """Whether two configs describe the same pretraining (other sections may differ)."""
+    a, b = config_to_dict(a), config_to_dict(b)
+    return all(a.get(k) == b.get(k) for k in PRETRAINING)
+
+
+def pretrain(cfg, run_dir: RunDir, fresh: bool, at_round: int) -> tuple[dict, float | None]:
+    """Run the schedule unless ``run_dir`` already holds it with this config.
+
+    With ``at_round`` set, a run directory of this config that holds that round's checkpoint
+    (a stopped run) is used as it is: the losses come from its ``metrics.jsonl``.
+    """
+    if at_round and not fresh and run_dir.checkpoint_path(at_round).is_file():
+        if same_pretraining(run_dir.read_config(), cfg):
+            records = run_dir.read_metrics()[:at_round]
+            return {"loss_per_round": [r.get("mean_loss") for r in records],
+                    "relative_loss_per_round": [r.get("relative_loss") for r in records]}, None
     final = run_dir.checkpoint_path(cfg.rounds)
     summary_path = run_dir.path / "summary.json"
     if not fresh and final.is_file() and summary_path.is_file():
-        if run_dir.read_config() == cfg:
+        if same_pretraining(run_dir.read_config(), cfg):
             return json.loads(summary_path.read_text()), None
     ensure_dataset(cfg)
     if run_dir.path.exists():
@@ -130,28 +151,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-init-std", type=float, default=0.0,
                         help="local experiment: re-initialise the CtP head fc layers ~ N(0, X)")
     parser.add_argument("--fresh", action="store_true", help="rerun existing pretraining runs")
+    parser.add_argument("--round", type=int, default=0,
+                        help="evaluate this round's checkpoint (0: the last); an existing run "
+                        "that holds it is not rerun, even if it stopped before the last round")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for training and features (0: torch's default)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
     if args.head_init_std > 0:
         patch_head_init(args.head_init_std)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows = []
     for seed in seeds:
         run_path = OUT / f"{args.tag}-s{seed}"
         cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"run_dir={run_path}"])
         run_dir = RunDir(run_path)
-        summary, train_s = pretrain(cfg, run_dir, args.fresh)
-        weights, _ = load_backbone_checkpoint(run_dir.checkpoint_path(cfg.rounds),
+        summary, train_s = pretrain(cfg, run_dir, args.fresh, args.round)
+        weights, _ = load_backbone_checkpoint(run_dir.checkpoint_path(args.round or cfg.rounds),
                                               cfg.model.backbone)
         started = time.perf_counter()
         trained = evaluate_backbone(weights, cfg, "all")
         eval_s = time.perf_counter() - started
-        save_json_atomic(run_path / "learning-eval.json", trained)
+        save_json_atomic(run_path / f"learning-eval-r{args.round or cfg.rounds}.json", trained)
         random = random_init_result(cfg)
         losses = summary["loss_per_round"]
         relative = [x for x in summary.get("relative_loss_per_round", []) if x is not None]
         row = {
             "seed": seed,
+            "round": args.round or cfg.rounds,
             "run_dir": str(run_path),
             "pretrain_s": None if train_s is None else round(train_s, 1),
             "eval_s": round(eval_s, 1),

@@ -16,8 +16,12 @@ CtP's patch tracking has real moving texture to follow.
 
 The videos are real files encoded by PyAV (MPEG-4 Part 2 in AVI, like UCF-101) in the UCF-101
 release layout: ``raw/v_<Class>_gXX_cYY.avi`` (flat) plus ``ucfTrainTestlist/`` with
-``classInd.txt``, ``trainlist01.txt`` and ``testlist01.txt`` (group 1, about 7/25 of the groups
-like UCF-101's split 1, is the test set). Everything is drawn from ``numpy.random.Generator``
+``classInd.txt``, ``trainlist01.txt`` and ``testlist01.txt``. Videos come in groups of
+``CLIPS_PER_GROUP`` per class; the first ``test_groups`` groups of every class are the test set
+(at least one group stays in the train set). The defaults, 14 videos per class and 4 test
+groups, hold out 8 test videos per class (64 queries: one query is 1.6 points of R@1) while the
+train set, which pretraining reads, stays at 6 videos per class. That test share is far above
+UCF-101's 7/25 on purpose: retrieval and k-NN need enough queries to resolve a difference. Everything is drawn from ``numpy.random.Generator``
 streams seeded per video by ``(seed, class, video)``, and encoding is single-threaded, so the
 same seed gives identical files with the same PyAV build (and identical decoded frames).
 """
@@ -39,7 +43,7 @@ import numpy as np
 from fedvssl_ray.data.prepare.common import PrepareError
 from fedvssl_ray.data.prepare.ucf101 import prepare_ucf101
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 STAMP_NAME = "synthetic.json"
 FAMILIES = ("Translate", "Rotate", "Zoom", "Orbit")
 CLIPS_PER_GROUP = 2
@@ -52,12 +56,23 @@ class SyntheticSpec:
     """Sizes and seed of the built-in dataset (the defaults suit a 2-core CPU demo)."""
 
     num_classes: int = 8
-    videos_per_class: int = 8
+    videos_per_class: int = 14
     frames: int = 48
     width: int = 160
     height: int = 120
     fps: int = 25
     seed: int = 0
+    test_groups: int = 4  # leading groups per class in the test split; at most all but one
+
+    @property
+    def groups(self) -> int:
+        """Groups of ``CLIPS_PER_GROUP`` videos per class (the last may be short)."""
+        return math.ceil(self.videos_per_class / CLIPS_PER_GROUP)
+
+    @property
+    def num_test_groups(self) -> int:
+        """``test_groups``, capped so that at least one group per class is left to train on."""
+        return min(self.test_groups, self.groups - 1)
 
     def validate(self) -> None:
         if self.num_classes < 1:
@@ -67,6 +82,8 @@ class SyntheticSpec:
                 f"videos_per_class must be >= {2 * CLIPS_PER_GROUP} (one test and one train "
                 f"group of {CLIPS_PER_GROUP}), got {self.videos_per_class}"
             )
+        if self.test_groups < 1:
+            raise ValueError(f"test_groups must be >= 1, got {self.test_groups}")
         if self.frames < 2 or self.fps < 1:
             raise ValueError(f"need frames >= 2 and fps >= 1, got {self.frames}, {self.fps}")
         if self.width < 32 or self.height < 32 or self.width % 2 or self.height % 2:
@@ -240,8 +257,7 @@ def generate_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> Path:
     spec.validate()
     out_dir = Path(out_dir)
     names = class_names(spec.num_classes)
-    groups = math.ceil(spec.videos_per_class / CLIPS_PER_GROUP)
-    test_groups = max(1, round(groups * 7 / 25))
+    test_groups = spec.num_test_groups
     train_lines, test_lines = [], []
     for label, name in enumerate(names):
         for video in range(spec.videos_per_class):
@@ -269,12 +285,13 @@ def ensure_synthetic_dataset(
     out_dir: str | Path,
     *,
     num_classes: int = 8,
-    videos_per_class: int = 8,
+    videos_per_class: int = 14,
     frames: int = 48,
     width: int = 160,
     height: int = 120,
     fps: int = 25,
     seed: int = 0,
+    test_groups: int = 4,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> Path:
@@ -285,7 +302,9 @@ def ensure_synthetic_dataset(
     it owns) and prepares it like UCF-101 into ``out/manifests/{train,test}_split1.parquet``.
     Returns ``out_dir``.
     """
-    spec = SyntheticSpec(num_classes, videos_per_class, frames, width, height, fps, seed)
+    spec = SyntheticSpec(
+        num_classes, videos_per_class, frames, width, height, fps, seed, test_groups
+    )
     spec.validate()
     out_dir = Path(out_dir)
     stamp_path = out_dir / STAMP_NAME
