@@ -137,3 +137,19 @@ def test_command_line_synthetic_then_partition(tmp_path):
     done = run_prepare("partition", "--manifest", str(manifest), "--num-clients", "3",
                        "--scheme", "k400-noniid")
     assert done.returncode == 2 and "error: k400-noniid" in done.stderr
+
+
+def test_a_run_remakes_a_dataset_of_an_older_generator_with_its_sizes(tmp_path):
+    from fedvssl_ray.config import load_config
+    from fedvssl_ray.data.shards import ensure_dataset
+
+    root = tmp_path / "old"
+    ensure_synthetic_dataset(root, num_classes=2, videos_per_class=4, frames=12, width=48,
+                             height=32, test_groups=1, log=None)
+    stamp = json.loads((root / "synthetic.json").read_text())
+    (root / "synthetic.json").write_text(json.dumps({**stamp, "version": 1}))
+    (root / "eval-cache").mkdir()  # stale evaluations go with the old videos
+    ensure_dataset(load_config("synthetic", [f"data.root={root}"]))
+    assert json.loads((root / "synthetic.json").read_text()) == stamp
+    assert not (root / "eval-cache").exists()
+    assert len(load_manifest(root / "manifests" / "train_split1.parquet").records) == 4

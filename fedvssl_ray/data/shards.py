@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import Config
 from .manifest import Manifest, VideoRecord, load_manifest
 from .partition import partition_videos, read_partitions
-from .synthetic import ensure_synthetic_dataset
+from .synthetic import ensure_synthetic_dataset, refresh_synthetic_dataset
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -29,8 +29,11 @@ def manifest_path(cfg: Config) -> Path:
 def ensure_dataset(cfg: Config) -> Path:
     """The train manifest of the configured dataset; the synthetic one is generated if missing."""
     path = manifest_path(cfg)
-    if cfg.data.dataset == "synthetic" and not path.is_file():
-        ensure_synthetic_dataset(cfg.data.root)
+    if cfg.data.dataset == "synthetic":  # made if missing, remade if an older generator made it
+        if path.is_file():
+            refresh_synthetic_dataset(cfg.data.root)
+        else:
+            ensure_synthetic_dataset(cfg.data.root)
     if not path.is_file():
         raise DatasetMissingError(
             f"no manifest at {path}: prepare the dataset first, e.g. "

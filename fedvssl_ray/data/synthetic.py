@@ -48,7 +48,9 @@ STAMP_NAME = "synthetic.json"
 FAMILIES = ("Translate", "Rotate", "Zoom", "Orbit")
 CLIPS_PER_GROUP = 2
 _ZOOM_PERIOD = 64
-_OWNED = {"raw", "ucfTrainTestlist", "manifests", "annotations", "partitions", STAMP_NAME}
+_OWNED = {
+    "raw", "ucfTrainTestlist", "manifests", "annotations", "partitions", "eval-cache", STAMP_NAME,
+}
 
 
 @dataclass(frozen=True)
@@ -330,3 +332,22 @@ def ensure_synthetic_dataset(
     prepare_ucf101(out_dir / "raw", out_dir / "ucfTrainTestlist", out_dir, workers=workers, log=log)
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
     return out_dir
+
+
+def refresh_synthetic_dataset(out_dir: str | Path, log: TextIO | None = sys.stderr) -> Path:
+    """Regenerate a dataset made by an older generator version, with the sizes it was made with
+    (a current one, or a folder without a stamp, is left as it is)."""
+    out_dir = Path(out_dir)
+    try:
+        stamp = json.loads((out_dir / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return out_dir
+    if stamp.get("version") == GENERATOR_VERSION:
+        return out_dir
+    fields = set(SyntheticSpec.__dataclass_fields__)
+    if log is not None:
+        print(f"{out_dir} was made by synthetic generator version {stamp.get('version')}; "
+              f"regenerating it with version {GENERATOR_VERSION}", file=log)
+    return ensure_synthetic_dataset(
+        out_dir, log=log, **{k: v for k, v in stamp.items() if k in fields}
+    )
