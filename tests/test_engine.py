@@ -33,7 +33,7 @@ def tiny_config(root, run_dir, *extra: str):
             f"data.root={root}", f"run_dir={run_dir}", "rounds=2", "num_clients=3",
             "clients_per_round=3", "data.crop_size=32", "client.batch_size=2",
             "client.torch_threads=1", "client.num_actors=2", "client.num_cpus=0.5",
-            *extra,
+            "eval.every=0", *extra,
         ],
     )
 
@@ -188,7 +188,7 @@ def test_process_killed_mid_run_resumes_to_identical_weights(tiny_root, tmp_path
     script = Path(__file__).resolve().parent.parent / "experiments" / "pretrain.py"
     common = [f"data.root={tiny_root}", "rounds=6", "num_clients=3", "clients_per_round=3",
               "data.crop_size=32", "client.batch_size=2", "client.torch_threads=1",
-              "client.local_epochs=1", "client.replay=false"]
+              "client.local_epochs=1", "client.replay=false", "eval.every=0"]
     full = tmp_path / "full"
     subprocess.run([sys.executable, str(script), "--engine", "plain", f"run_dir={full}", *common],
                    check=True, capture_output=True, timeout=300)

@@ -38,7 +38,8 @@ def finished_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("resume-runs") / "base"
     result = pretrain(f"data.root={root}", f"run_dir={run}", "rounds=3", "num_clients=2",
                       "clients_per_round=2", "data.crop_size=32", "data.clip_len=8",
-                      "client.batch_size=2", "client.local_epochs=1", "client.torch_threads=1")
+                      "client.batch_size=2", "client.local_epochs=1", "client.torch_threads=1",
+                      "eval.every=0")
     assert result.returncode == 0, result.stderr
     return run
 

@@ -21,15 +21,13 @@ it changes the numbers only through float rounding, which does compound over the
 It prints one row per seed and the mean, min-max and standard deviation of R@1, R@5 and k-NN
 top-1 for both, and of their differences; everything goes to ``runs/ls/TAG.json``.
 
-``--head-init-std X`` is a local experiment, not a config key: it re-initialises the CtP head's
-two fully connected layers with weights ~ N(0, X) (the reference uses 0.001) on every model the
-client side builds, before any training. It changes nothing else (the backbone init, hence the
-random-init baseline, is untouched).
+The CtP head's init scale is the config key ``model.head_init_std`` (reference 0.001); it does
+not change the backbone init, hence the random-init baseline.
 
 examples:
   python experiments/bench/learning.py --seeds 1,2,3 --tag base
   python experiments/bench/learning.py --seeds 1,2,3 --tag lr05 client.lr=0.05
-  python experiments/bench/learning.py --seeds 1 --tag h01 --head-init-std 0.01 rounds=10
+  python experiments/bench/learning.py --seeds 1 --tag h01 model.head_init_std=0.01 rounds=10
 """
 
 from __future__ import annotations
@@ -53,25 +51,6 @@ from fedvssl_ray.training.plain import run_plain
 OUT = Path("runs") / "ls"
 MEASURES = (("R@1", ("retrieval", "R@1")), ("R@5", ("retrieval", "R@5")),
             ("kNN", ("knn", "top1")))
-
-
-def patch_head_init(std: float) -> None:
-    """Re-initialise the CtP head's fc layers ~ N(0, std) on every client-side model."""
-    import torch
-
-    from fedvssl_ray.training import client
-
-    build = client.build_ctp_model
-
-    def build_with_head_init(*args, **kwargs):
-        model = build(*args, **kwargs)
-        generator = torch.Generator().manual_seed(kwargs.get("seed") or 0)
-        with torch.no_grad():
-            for fc in (model.head.fc1, model.head.pred_head):
-                fc.weight.copy_(torch.randn(fc.weight.shape, generator=generator) * std)
-        return model
-
-    client.build_ctp_model = build_with_head_init
 
 
 def metric(result: dict, path: tuple[str, str]) -> float:
@@ -148,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="synthetic", help="preset or config file")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     parser.add_argument("--tag", default="base", help="runs go to runs/ls/TAG-sS")
-    parser.add_argument("--head-init-std", type=float, default=0.0,
-                        help="local experiment: re-initialise the CtP head fc layers ~ N(0, X)")
     parser.add_argument("--fresh", action="store_true", help="rerun existing pretraining runs")
     parser.add_argument("--round", type=int, default=0,
                         help="evaluate this round's checkpoint (0: the last); an existing run "
@@ -158,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads for training and features (0: torch's default)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args(argv)
-    if args.head_init_std > 0:
-        patch_head_init(args.head_init_std)
     if args.threads > 0:
         import torch
 
@@ -213,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     save_json_atomic(OUT / f"{args.tag}.json", {
         "tag": args.tag, "config": args.config, "overrides": args.overrides,
-        "head_init_std": args.head_init_std, "seeds": seeds, "rows": rows,
+        "seeds": seeds, "rows": rows,
         "resolved_config_seed0": config_to_dict(
             load_config(args.config, [*args.overrides, f"seed={seeds[0]}"])),
     })
