@@ -106,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_sweep(base: Config, grid: dict, metric: str, scheduler: str, sweep_dir: Path,
               args) -> int:
+    import ray
+
     from fedvssl_ray.actors.cluster import start_ray
     from fedvssl_ray.tune import (
         collect_results,
+        fit_to_cluster,
         format_table,
         param_space,
         with_trial_resources,
@@ -116,6 +119,13 @@ def run_sweep(base: Config, grid: dict, metric: str, scheduler: str, sweep_dir: 
     )
 
     start_ray(base)
+    # trials run in their own working directories: give them the dataset's absolute path
+    base = override(base, data__root=str(Path(base.data.root).resolve()))
+    resources = ray.cluster_resources()
+    base = exit_on_error(fit_to_cluster, base, resources.get("CPU", 0.0),
+                         resources.get("GPU", 0.0))
+    print(f"each trial: {base.client.num_actors} client actor(s) at client.num_cpus="
+          f"{base.client.num_cpus:g}, client.num_gpus={base.client.num_gpus:g}", flush=True)
     mode = "min" if metric in ("relative_loss", "mean_loss") else "max"
     trainable = with_trial_resources()
     experiment = str(sweep_dir / "tune")

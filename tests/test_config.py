@@ -119,3 +119,18 @@ def test_cli_help_lists_presets_and_overrides():
     assert result.returncode == 0
     for word in ("synthetic", "ucf101", "k400", "key=value", "strategy.alpha"):
         assert word in result.stdout
+
+
+def test_cli_help_and_print_config_show_the_chosen_presets_values():
+    import re
+
+    def value(text: str, key: str) -> str:
+        return re.search(rf"^\s+{re.escape(key)}\s+\S+\s+(\S+)$", text, re.M)[1]
+
+    gpu = run_script("--config", "ucf101", "--help").stdout
+    cpu = run_script("--help").stdout
+    assert value(gpu, "client.num_gpus") == "1.0" and value(cpu, "client.num_gpus") == "0.0"
+    assert value(gpu, "model.backbone") == "'r3d_18'"
+    assert value(cpu, "model.backbone") == "'r3d10_narrow'"
+    printed = run_script("--config", "ucf101", "--print-config").stdout
+    assert "num_gpus: 1.0" in printed

@@ -100,3 +100,16 @@ def test_restoring_does_not_rerun_finished_trials(restored_sweep):
         run = sweep_dir / "runs" / trial
         assert run.joinpath("metrics.jsonl").stat().st_mtime_ns == stamp, trial
         assert len(run.joinpath("metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_automatic_actors_fit_one_trial_in_the_cluster_or_the_sweep_is_refused():
+    from fedvssl_ray.config import ConfigError
+    from fedvssl_ray.tune import fit_to_cluster
+
+    base = load_config("synthetic")  # 5 clients per round, 1 CPU per client actor
+    assert fit_to_cluster(base, cpus=2, gpus=0).client.num_actors == 1
+    assert fit_to_cluster(base, cpus=16, gpus=0).client.num_actors == 5
+    with pytest.raises(ConfigError, match="client.num_actors=3"):
+        fit_to_cluster(load_config("synthetic", ["client.num_actors=3"]), cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match="cluster has"):
+        fit_to_cluster(load_config("ucf101"), cpus=8, gpus=0)

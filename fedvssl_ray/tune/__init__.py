@@ -3,6 +3,7 @@
 from .results import collect_results, format_table, write_outputs
 from .trainable import (
     EVAL_KEYS,
+    fit_to_cluster,
     param_space,
     pretrain_trainable,
     round_metrics,
@@ -15,6 +16,7 @@ from .trainable import (
 __all__ = [
     "EVAL_KEYS",
     "collect_results",
+    "fit_to_cluster",
     "format_table",
     "param_space",
     "pretrain_trainable",

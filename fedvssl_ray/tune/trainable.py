@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from ..config import Config, config_from_dict, config_to_dict, override
+from ..config import Config, ConfigError, config_from_dict, config_to_dict, override
 from ..run_dir import RunDir
 
 TRIAL_CPUS = 0.1  # the trial process only launches the run and relays its progress
@@ -51,6 +51,36 @@ def trial_resources(cfg: Config) -> tune.PlacementGroupFactory:
     if e.every and (evaluator := _bundle(e.num_cpus, e.num_gpus)):
         bundles.append(evaluator)
     return tune.PlacementGroupFactory(bundles)
+
+
+def fit_to_cluster(base: Config, cpus: float, gpus: float) -> Config:
+    """``base`` with ``client.num_actors`` chosen, when automatic, so that one trial fits the
+    cluster (at most one actor per sampled client); a trial that cannot fit at all is refused,
+    since Tune would keep it pending for ever."""
+    c, e = base.client, base.eval
+    if not c.num_actors:
+        left_cpus = cpus - TRIAL_CPUS - (e.num_cpus if e.every else 0.0)
+        left_gpus = gpus - (e.num_gpus if e.every else 0.0)
+        fits = [base.clients_per_round]
+        if c.num_cpus > 0:
+            fits.append(int(left_cpus // c.num_cpus))
+        if c.num_gpus > 0:
+            fits.append(int(left_gpus // c.num_gpus))
+        base = override(base, client__num_actors=max(1, min(fits)))
+    need: dict[str, float] = {}
+    for bundle in trial_resources(base).bundles:
+        for key, value in bundle.items():
+            need[key] = need.get(key, 0.0) + value
+    have = {"CPU": cpus, "GPU": gpus}
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        raise ConfigError(
+            f"one trial needs {need} (client.num_actors={base.client.num_actors} at "
+            f"client.num_cpus={c.num_cpus:g}, client.num_gpus={c.num_gpus:g}, plus the trial "
+            f"and the evaluation actor) but the cluster has {have}: lower client.num_actors, "
+            "client.num_cpus / num_gpus or eval.num_cpus / num_gpus"
+        )
+    return base
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
