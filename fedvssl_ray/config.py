@@ -400,13 +400,14 @@ def settle_strategy(cfg: Config, explicit: set[str]) -> Config:
     return cfg
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks the types alone cannot express."""
-
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     require(cfg.rounds >= 1, f"rounds={cfg.rounds} must be >= 1")
     require(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be >= 1")
     require(
@@ -482,11 +483,6 @@ def parse_lr_steps(text: str, epochs: int | None = None) -> tuple[int, ...]:
 
 def validate_finetune(f: FinetuneConfig) -> None:
     """Checks of the ``finetune`` section."""
-
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     require(f.epochs >= 1, f"finetune.epochs={f.epochs} must be >= 1")
     require(f.lr > 0, f"finetune.lr={f.lr} must be > 0")
     require(f.momentum >= 0, f"finetune.momentum={f.momentum} must be >= 0")
