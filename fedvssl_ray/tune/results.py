@@ -83,7 +83,7 @@ def write_outputs(
     written = [_write_csv(sweep_dir / "results.csv", rows, ["trial", *keys, *COLUMNS])]
     if len(keys) >= 2 and rows:
         written.append(plot_heatmap(rows, keys[0], keys[1], metric, sweep_dir / "heatmap.png",
-                                    f"best {metric} per trial"))
+                                    f"{metric} per trial"))
     curves = []
     for row in rows:
         run = RunDir(sweep_dir / "runs" / row["trial"])

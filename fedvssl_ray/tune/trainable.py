@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from ..config import Config, ConfigError, config_from_dict, config_to_dict, override
@@ -127,7 +128,11 @@ def pretrain_trainable(config: dict[str, Any]) -> None:
             reported.update(round_metrics(event, evals))
             tune.report(dict(reported))
 
-    summary = run_on_ray(start_driver(cfg, run_dir.path), on_event)
+    driver = start_driver(cfg, run_dir.path)
+    try:
+        summary = run_on_ray(driver, on_event)
+    finally:
+        ray.kill(driver)  # ended: stop it now rather than with the trial's process
     final = round_metrics({"round": summary["rounds"], "mean_loss": summary["final_loss"],
                            "relative_loss": (summary["relative_loss_per_round"] or [None])[-1]},
                           run_dir.read_evals())
