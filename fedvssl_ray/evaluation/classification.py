@@ -12,7 +12,6 @@ are computed afresh on every call (nothing is cached).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from ..aggregation import Weights
 from ..config import Config, finetune_data
-from .evaluate import Extractor, local_extractor
+from .evaluate import Extractor, extract_with_progress, local_extractor
 from .spec import EvalVideo, FeatureSpec
 from .splits import load_eval_videos, query_manifest_path
 
@@ -102,16 +101,9 @@ def evaluate_classifier(
     videos = list(classifier_test_videos(cfg) if videos is None else videos)
     if not videos:
         raise ValueError("no test videos")
-    emit({"type": "eval_start", "queries": len(videos), "gallery": 0, "features": spec.describe()})
-    started = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        emit({"type": "eval_features", "done": done, "total": total,
-              "elapsed_s": time.perf_counter() - started})
-
-    mean_logits, errors = extractor(videos, weights, spec, report)
-    extract_s = time.perf_counter() - started
-    ok = np.array([i not in errors for i in range(len(videos))], bool)
+    mean_logits, errors, ok, extract_s = extract_with_progress(
+        extractor, videos, weights, spec, emit, queries=len(videos), gallery=0
+    )
     labels = np.array([v.label for v in videos], np.int64)
     num_classes = mean_logits.shape[1]
     if labels.max() >= num_classes:

@@ -60,6 +60,28 @@ def local_extractor(device: str) -> Extractor:
     return extract
 
 
+def extract_with_progress(
+    extractor: Extractor,
+    videos: Sequence[EvalVideo],
+    weights: Weights,
+    spec: FeatureSpec,
+    emit: EventSink,
+    **counts: int,
+) -> tuple[np.ndarray, dict[int, str], np.ndarray, float]:
+    """Run ``extractor`` over ``videos`` with ``eval_start`` / ``eval_features`` events;
+    returns its outputs and errors, the mask of videos that decoded, and the seconds taken."""
+    emit({"type": "eval_start", **counts, "features": spec.describe()})
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        emit({"type": "eval_features", "done": done, "total": total,
+              "elapsed_s": time.perf_counter() - started})
+
+    outputs, errors = extractor(videos, weights, spec, report)
+    ok = np.array([i not in errors for i in range(len(videos))], bool)
+    return outputs, errors, ok, time.perf_counter() - started
+
+
 def evaluate_backbone(
     weights: Weights | None,
     cfg: Config,
@@ -94,17 +116,9 @@ def evaluate_backbone(
     spec = FeatureSpec.from_config(cfg)
     queries, gallery, num_tests = eval_videos(cfg, max_videos)
     videos = [*queries, *gallery]
-    emit({"type": "eval_start", "queries": len(queries), "gallery": len(gallery),
-          "features": spec.describe()})
-    started = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        emit({"type": "eval_features", "done": done, "total": total,
-              "elapsed_s": time.perf_counter() - started})
-
-    feats, errors = extractor(videos, weights, spec, report)
-    extract_s = time.perf_counter() - started
-    ok = np.array([i not in errors for i in range(len(videos))], bool)
+    feats, errors, ok, extract_s = extract_with_progress(
+        extractor, videos, weights, spec, emit, queries=len(queries), gallery=len(gallery)
+    )
     labels = np.array([v.label for v in videos], np.int64)
     is_query = np.arange(len(videos)) < len(queries)
     q, g = ok & is_query, ok & ~is_query
