@@ -278,7 +278,7 @@ class FederatedRun:
             "final_loss": losses[-1] if losses else None,
             "failed_rounds": [r["round"] for r in records if r["status"] != "ok"],
             "checkpoint": str(self.run_dir.checkpoint_path(last)) if last else None,
-            **({"eval": summarize(self.run_dir.read_evals())} if self.evaluator else {}),
+            **({"eval": summarize(self.evals)} if self.evaluator else {}),
             "run_dir": str(self.run_dir.path),
             "wall_s": wall_s,
         }
