@@ -19,11 +19,12 @@ from fedvssl_ray.data.manifest import ManifestError, load_manifest
 from fedvssl_ray.data.partition import (
     SCHEMES,
     PartitionError,
+    count_empty,
     partition_summary,
     partition_videos,
     write_partitions,
 )
-from fedvssl_ray.data.prepare.common import PrepareError, PrepareReport
+from fedvssl_ray.data.prepare.common import MIN_FRAMES, PrepareError, PrepareReport
 from fedvssl_ray.data.prepare.hmdb51 import prepare_hmdb51
 from fedvssl_ray.data.prepare.kinetics400 import prepare_kinetics400
 from fedvssl_ray.data.prepare.seed import prepare_seed
@@ -33,13 +34,23 @@ from fedvssl_ray.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 
 def run_ucf101(args: argparse.Namespace) -> list[PrepareReport]:
     return prepare_ucf101(
-        args.raw_dir, args.splits_dir, args.out, split=args.split, workers=args.workers
+        args.raw_dir,
+        args.splits_dir,
+        args.out,
+        split=args.split,
+        min_frames=args.min_frames,
+        workers=args.workers,
     )
 
 
 def run_hmdb51(args: argparse.Namespace) -> list[PrepareReport]:
     return prepare_hmdb51(
-        args.raw_dir, args.splits_dir, args.out, split=args.split, workers=args.workers
+        args.raw_dir,
+        args.splits_dir,
+        args.out,
+        split=args.split,
+        min_frames=args.min_frames,
+        workers=args.workers,
     )
 
 
@@ -50,12 +61,15 @@ def run_kinetics400(args: argparse.Namespace) -> list[PrepareReport]:
         csv_paths=args.csv,
         list_path=args.list,
         list_split=args.list_split,
+        min_frames=args.min_frames,
         workers=args.workers,
     )
 
 
 def run_seed(args: argparse.Namespace) -> list[PrepareReport]:
-    return prepare_seed(args.root, args.out, split=args.split, workers=args.workers)
+    return prepare_seed(
+        args.root, args.out, split=args.split, min_frames=args.min_frames, workers=args.workers
+    )
 
 
 def run_synthetic(args: argparse.Namespace) -> None:
@@ -80,7 +94,20 @@ def run_partition(args: argparse.Namespace) -> None:
         params["classes_per_client"] = args.classes_per_client
     if args.scheme == "k400-noniid":
         params = {"num_classes": manifest.num_classes}
-    parts = partition_videos(manifest.records, args.num_clients, args.scheme, args.seed, **params)
+    parts = partition_videos(
+        manifest.records,
+        args.num_clients,
+        args.scheme,
+        args.seed,
+        allow_empty=args.allow_empty_clients,
+        **params,
+    )
+    if empty := count_empty(parts):
+        print(
+            f"warning: {empty} of {len(parts)} clients get no video from {len(manifest.records)} "
+            "videos (--allow-empty-clients)",
+            file=sys.stderr,
+        )
     out = args.out or manifest.path.resolve().parent.parent / "partitions" / (
         f"{args.scheme}-{args.num_clients}"
     )
@@ -105,10 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def min_frames_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--min-frames",
+            type=int,
+            default=MIN_FRAMES,
+            help=f"skip videos with fewer decodable frames (default {MIN_FRAMES})",
+        )
+
     p = dataset_command("ucf101", "UCF-101 release layout -> manifests")
     p.add_argument("--raw-dir", type=Path, required=True, help="folder of the .avi files")
     p.add_argument("--splits-dir", type=Path, required=True, help="ucfTrainTestlist/ folder")
     p.add_argument("--split", type=int, choices=(1, 2, 3), default=1)
+    min_frames_option(p)
     p.set_defaults(run=run_ucf101)
 
     p = dataset_command("hmdb51", "HMDB-51 release layout -> manifests")
@@ -117,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--splits-dir", type=Path, required=True, help="testTrainMulti_7030_splits/ folder"
     )
     p.add_argument("--split", type=int, choices=(1, 2, 3), default=1)
+    min_frames_option(p)
     p.set_defaults(run=run_hmdb51)
 
     p = dataset_command("kinetics400", "Kinetics-400 clips + annotation CSVs -> manifests")
@@ -124,11 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, nargs="+", help="annotation CSVs (train.csv validate.csv)")
     p.add_argument("--list", type=Path, help="'path,label' or '<name> <class_id>' list instead")
     p.add_argument("--list-split", default="train", help="split name for --list (default train)")
+    min_frames_option(p)
     p.set_defaults(run=run_kinetics400)
 
     p = dataset_command("seed", "import the original pipeline's prepared frame archives")
     p.add_argument("--root", type=Path, required=True, help="folder with annotations/ and zips/")
     p.add_argument("--split", type=int, choices=(1, 2, 3), default=1)
+    min_frames_option(p)
     p.set_defaults(run=run_seed)
 
     defaults = SyntheticSpec()
@@ -150,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes-per-client", type=int, default=None, help="classes scheme")
     p.add_argument("--dirichlet-alpha", type=float, default=0.1, help="dirichlet scheme")
     p.add_argument("--min-per-client", type=int, default=1, help="dirichlet scheme")
+    p.add_argument(
+        "--allow-empty-clients",
+        action="store_true",
+        help="write partitions that leave clients without videos (refused by default)",
+    )
     p.add_argument(
         "--out",
         type=Path,

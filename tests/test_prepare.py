@@ -12,7 +12,7 @@ from videos import make_ucf_layout, write_frame_zip, write_video
 
 from fedvssl_ray.data.manifest import load_manifest, read_annotation_json
 from fedvssl_ray.data.prepare import common
-from fedvssl_ray.data.prepare.common import MISSING, PrepareError
+from fedvssl_ray.data.prepare.common import MIN_FRAMES, MISSING, PrepareError
 from fedvssl_ray.data.prepare.hmdb51 import prepare_hmdb51
 from fedvssl_ray.data.prepare.kinetics400 import prepare_kinetics400
 from fedvssl_ray.data.prepare.seed import prepare_seed
@@ -81,7 +81,7 @@ def test_corrupt_and_missing_videos_are_skipped_and_a_rerun_reuses_the_probes(tm
     assert "skipped v_YoYo_g02_c01.avi" in first.summary()
     again = prepare_ucf101(raw, lists, tmp_path / "out", workers=1, log=None)[0]
     assert (again.probed, again.cached, again.prepared) == (0, 5, 4)
-    write_video(raw / "v_YoYo_g02_c01.avi", 5)  # repaired: size/mtime change -> probed again
+    write_video(raw / "v_YoYo_g02_c01.avi", MIN_FRAMES + 1)  # repaired: size/mtime change -> probed again
     third = prepare_ucf101(raw, lists, tmp_path / "out", workers=1, log=None)[0]
     assert (third.probed, third.prepared) == (1, 5)
 
@@ -105,7 +105,7 @@ def test_hmdb51_spaces_in_names_tags_and_sorted_class_ids(tmp_path):
     }
     for cls, files in names.items():
         for i, f in enumerate(files):
-            write_video(raw / cls / f, 6, seed=i)
+            write_video(raw / cls / f, MIN_FRAMES, seed=i)
         lines = [f"{files[0]} 1 ", f"{files[1]} 2 ", f"{files[2]} 0 "]
         (splits / f"{cls}_test_split1.txt").write_text("\n".join(lines) + "\n")
     reports = prepare_hmdb51(raw, tmp_path, tmp_path / "out", workers=1, log=None)
@@ -127,7 +127,7 @@ def test_kinetics_csv_with_quoted_labels_and_missing_clips(tmp_path):
         ("abseiling", "AAAAAAAAAAA", 12, 22, "val"),
     ]
     for label, ytid, start, end, split in rows[:2] + rows[3:]:
-        write_video(raw / split / label.strip('"') / f"{ytid}_{start:06d}_{end:06d}.mp4", 5)
+        write_video(raw / split / label.strip('"') / f"{ytid}_{start:06d}_{end:06d}.mp4", MIN_FRAMES)
     csv_path = tmp_path / "kinetics400.csv"
     csv_path.write_text(
         "label,youtube_id,time_start,time_end,split,is_cc\n"
@@ -149,8 +149,8 @@ def test_kinetics_csv_with_quoted_labels_and_missing_clips(tmp_path):
 
 def test_kinetics_plain_list_files(tmp_path):
     raw = tmp_path / "clips"
-    write_video(raw / "abseiling" / "a1.mp4", 5)
-    write_video(raw / "zumba" / "z1.mp4", 5)
+    write_video(raw / "abseiling" / "a1.mp4", MIN_FRAMES)
+    write_video(raw / "zumba" / "z1.mp4", MIN_FRAMES)
     ids = tmp_path / "train_in_official.txt"
     ids.write_text("abseiling/a1 1\nzumba/z1 400\n")
     (report,) = prepare_kinetics400(raw, tmp_path / "o1", list_path=ids, workers=1, log=None)
@@ -171,7 +171,7 @@ def test_kinetics_plain_list_files(tmp_path):
 
 def test_seed_prepared_frame_archives_import_as_they_are(tmp_path):
     root = tmp_path / "seed"
-    frames = np.zeros((5, 48, 64, 3), np.uint8)
+    frames = np.zeros((MIN_FRAMES, 48, 64, 3), np.uint8)
     items = {
         "train": [("YoYo/v_YoYo_g08_c01", 3)],
         "test": [("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", 1)],
@@ -189,6 +189,6 @@ def test_seed_prepared_frame_archives_import_as_they_are(tmp_path):
     assert (record.label, record.class_name, record.num_frames, record.codec) == (
         2,
         "YoYo",
-        5,
+        MIN_FRAMES,
         "jpeg-zip",
     )

@@ -34,9 +34,37 @@ def write_video(
     gop: int = 12,
     options: dict[str, str] | None = None,
     seed: int = 0,
+    width: int = 64,
+    height: int = 48,
 ) -> Path:
     """Encode ``n`` pattern frames into ``path`` (container from the suffix)."""
-    return encode_video(path, pattern_frames(n, seed=seed), codec=codec, gop=gop, options=options)
+    frames = pattern_frames(n, width, height, seed=seed)
+    return encode_video(path, frames, codec=codec, gop=gop, options=options)
+
+
+def remux(src: Path, dst: Path, options: dict[str, str]) -> Path:
+    """Copy ``src``'s video packets into ``dst`` with muxer ``options`` (e.g. MP4 faststart)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+def write_audio_only(path: Path, seconds: float = 0.5, rate: int = 8000) -> Path:
+    """An AAC audio file without any video stream (container from the suffix)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        samples = np.zeros((1, 1024), np.float32)
+        for i in range(int(seconds * rate) // 1024):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
 
 
 def full_decode(path: Path) -> list[np.ndarray]:
@@ -47,11 +75,16 @@ def full_decode(path: Path) -> list[np.ndarray]:
 
 def jpeg_bytes(image: np.ndarray) -> bytes:
     """One RGB image as JPEG bytes, encoded with FFmpeg's MJPEG encoder."""
-    ctx = av.CodecContext.create("mjpeg", "w")
+    return image_bytes(image, "mjpeg", "yuvj420p")
+
+
+def image_bytes(image: np.ndarray, codec: str = "png", pix_fmt: str = "rgb24") -> bytes:
+    """One RGB image as an image file's bytes (PNG by default), encoded with FFmpeg."""
+    ctx = av.CodecContext.create(codec, "w")
     ctx.width, ctx.height = image.shape[1], image.shape[0]
-    ctx.pix_fmt = "yuvj420p"
+    ctx.pix_fmt = pix_fmt
     ctx.time_base = Fraction(1, 25)
-    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuvj420p")
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
     packets = ctx.encode(frame) + ctx.encode(None)
     return b"".join(bytes(p) for p in packets)
 

@@ -8,7 +8,11 @@ The video root is stored in the Parquet schema metadata (key ``fedvssl_ray.root`
 dataset name, the split and the full class list. When the root lies inside the folder that
 holds the ``manifests/`` directory it is stored relative to the manifest file, so a prepared
 dataset can be moved or copied as one folder; otherwise it is stored as an absolute path.
-:func:`resolve_video_path` (or :meth:`Manifest.resolve`) gives ``root / path``.
+:func:`resolve_video_path` (or :meth:`Manifest.resolve`) gives ``root / path``. A row's path
+must stay inside the root (no ``..`` escape, no absolute path elsewhere): :func:`load_manifest`
+refuses the manifest otherwise, so a manifest from elsewhere cannot make a run read
+``/etc/passwd``. The check is on the path as written; symbolic links inside the root (a
+dataset linked in from another disk) are followed as usual.
 
 Interchange with the original pipeline (CtP and the Flower FedVSSL baseline):
 ``annotations/{train,test}_split_1.json`` is a list of ``{"name", "label"}`` with **1-based**
@@ -91,6 +95,24 @@ class Manifest:
     def resolve(self, record: VideoRecord) -> Path:
         """Absolute path of a record's video file (or frame archive)."""
         return self.root / record.path
+
+
+def inside_root(root: str | os.PathLike, path: str) -> bool:
+    """Whether ``root / path`` names something inside ``root``, judged on the path as written."""
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, path))
+    return full != base and full.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _check_paths(path: Path, root: Path, records: Sequence[VideoRecord]) -> None:
+    """ManifestError naming the manifest and the first row whose path leaves ``root``."""
+    for row, record in enumerate(records):
+        if not inside_root(root, record.path):
+            raise ManifestError(
+                f"{path}: row {row} (video {record.video_id!r}) has path {record.path!r}, which "
+                f"is outside the video root {root}; manifest paths must be relative to the root "
+                "and stay inside it. Prepare the manifest again with experiments/prepare.py"
+            )
 
 
 def write_manifest(
@@ -181,6 +203,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     if not root.is_absolute():
         root = (path.resolve().parent / root).resolve()
     records = read_manifest(path)
+    _check_paths(path, root, records)
     if META_CLASSES in meta:
         class_names = json.loads(meta[META_CLASSES].decode())
     else:
@@ -216,7 +239,9 @@ def write_annotation_json(path: str | os.PathLike, records: Iterable[VideoRecord
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     items = [{"name": r.video_id, "label": int(r.label) + 1} for r in records]
-    path.write_text(json.dumps(items, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(items, indent=2))
+    os.replace(tmp, path)
     return path
 
 

@@ -22,6 +22,10 @@ Schemes (all seeded and deterministic):
 
 Partition files are the Flower baseline's: ``client_dist{k}.json``, k = 1..K, each a JSON list
 of ``{"name": video_id, "label": label + 1}`` (1-based, indent 2).
+
+A client without a video cannot train, so a partition that leaves one empty (more clients than
+videos, or a scheme that gives some client nothing) is refused with a :class:`PartitionError`,
+written or read, unless ``allow_empty=True`` (``--allow-empty-clients``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def partition_videos(
     dirichlet_alpha: float = 0.1,
     min_per_client: int = 1,
     num_classes: int | None = None,
+    allow_empty: bool = False,
 ) -> list[list[VideoRecord]]:
     """Split ``records`` into ``num_clients`` lists by ``scheme`` (see the module docstring).
 
@@ -66,20 +71,35 @@ def partition_videos(
         ``k400-noniid`` uses the authors' fixed seeds 1234 and 4321.
     :param num_classes: class count for ``k400-noniid``'s sort (empty classes count);
         default ``max(label) + 1``.
+    :param allow_empty: return clients without videos instead of refusing them.
     """
     if num_clients < 1:
         raise PartitionError(f"num_clients must be >= 1, got {num_clients}")
     if not records:
         raise PartitionError("no videos to partition")
     if scheme == "iid":
-        return _iid(records, num_clients, seed)
-    if scheme == "k400-noniid":
-        return _k400_noniid(records, num_clients, num_classes)
-    if scheme == "classes":
-        return _classes(records, num_clients, seed, classes_per_client)
-    if scheme == "dirichlet":
-        return _dirichlet(records, num_clients, seed, dirichlet_alpha, min_per_client)
-    raise PartitionError(f"unknown scheme {scheme!r}; choose one of {list(SCHEMES)}")
+        parts = _iid(records, num_clients, seed)
+    elif scheme == "k400-noniid":
+        parts = _k400_noniid(records, num_clients, num_classes)
+    elif scheme == "classes":
+        parts = _classes(records, num_clients, seed, classes_per_client)
+    elif scheme == "dirichlet":
+        parts = _dirichlet(records, num_clients, seed, dirichlet_alpha, min_per_client)
+    else:
+        raise PartitionError(f"unknown scheme {scheme!r}; choose one of {list(SCHEMES)}")
+    empty = count_empty(parts)
+    if empty and not allow_empty:
+        raise PartitionError(
+            f"{scheme!r} partitioning of {len(records)} videos over {num_clients} clients leaves "
+            f"{empty} clients without a video; use fewer clients, or allow empty clients "
+            "(--allow-empty-clients) if they are meant to sit out"
+        )
+    return parts
+
+
+def count_empty(parts: Sequence[Sequence[VideoRecord]]) -> int:
+    """How many clients hold no video."""
+    return sum(1 for part in parts if not part)
 
 
 def _iid(records: Sequence[VideoRecord], k: int, seed: int) -> list[list[VideoRecord]]:
@@ -235,13 +255,18 @@ def partition_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def read_partitions(
-    directory: str | os.PathLike, manifest_records: Sequence[VideoRecord]
+    directory: str | os.PathLike,
+    manifest_records: Sequence[VideoRecord],
+    *,
+    allow_empty: bool = False,
 ) -> list[list[VideoRecord]]:
     """Client k-1's records from ``client_dist{k}.json``, matched to the manifest by name.
 
     Names are the key; a file's labels are not checked (pretraining ignores them, and some
     copies of the original annotations carry shifted labels). Every name must be in the
-    manifest: the error names the file, the count and the first missing videos.
+    manifest: the error names the file, the count and the first missing videos. A file
+    without videos is refused unless ``allow_empty``. Partitions name videos, never paths, so
+    they can only select from the manifest.
     """
     by_id = {r.video_id: r for r in manifest_records}
     parts = []
@@ -259,6 +284,11 @@ def read_partitions(
             raise PartitionError(
                 f"{path}: {len(missing)} of {len(items)} videos are not in the manifest, "
                 f"e.g. {missing[:3]}; partition and manifest must come from the same split"
+            )
+        if not items and not allow_empty:
+            raise PartitionError(
+                f"{path}: lists no videos, so its client cannot train; remove the client "
+                "(and renumber the files) or partition again"
             )
         parts.append([by_id[x["name"]] for x in items])
     return parts

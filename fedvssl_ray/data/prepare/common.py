@@ -5,33 +5,55 @@ module probes each existing file (in parallel processes for large sets), writes 
 Parquet manifest and the original pipeline's annotation JSON, and returns a
 :class:`PrepareReport`. Probe results are cached per file in ``<out>/manifests/probe_cache.jsonl``
 keyed by absolute path, size and mtime, so a rerun (or a run resumed after an interruption)
-probes only new or changed files. Unreadable and missing videos are skipped and listed, never
-fatal.
+probes only new or changed files.
+
+A probe decodes every frame (no colour conversion), so a video's ``num_frames`` is what decodes,
+not what its container claims (a truncated MP4 still lists its lost frames). A video needs at
+least :data:`MIN_FRAMES` decodable frames (``min_frames``, ``--min-frames``): fewer is a still
+image or a fragment, not a clip. Missing, unreadable, too short and duplicate videos, and paths
+that leave the video root, are skipped, counted by kind and listed with the reason, never
+fatal. A split left without any usable video keeps its earlier manifest (none is written); when
+every split is empty the run fails with a :class:`PrepareError` and writes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import av
+
 from fedvssl_ray.data import frame_zip
 from fedvssl_ray.data.decode import VideoDecodeError, VideoInfo, probe_video
-from fedvssl_ray.data.manifest import VideoRecord, write_annotation_json, write_manifest
+from fedvssl_ray.data.manifest import (
+    VideoRecord,
+    inside_root,
+    write_annotation_json,
+    write_manifest,
+)
 
 CACHE_NAME = "probe_cache.jsonl"
+# Probe results of another probe version (e.g. container frame counts) are probed again.
+PROBE_VERSION = 2
+MIN_FRAMES = 8
+"""Fewest decodable frames a video needs: the shortest clip the backbone takes (``data.clip_len``
+is a multiple of 8). Raise it to 16, the default CtP clip, with ``--min-frames 16``."""
 # Below this many files to probe, probing in-process beats starting worker processes.
 _MIN_FILES_FOR_PROCESSES = 256
 _CHUNK = 32
 MISSING = "missing file"
 DUPLICATE = "listed twice"
+OUTSIDE_ROOT = "path outside the video root"
 
 
 class PrepareError(ValueError):
@@ -50,14 +72,22 @@ class VideoEntry:
 
 @dataclass
 class PrepareReport:
-    """What one split's preparation did."""
+    """What one split's preparation did; ``manifest`` is None when the split had no usable video."""
 
     split: str
     total: int = 0
     probed: int = 0
     cached: int = 0
+    min_frames: int = MIN_FRAMES
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_by_kind: Counter[str] = field(default_factory=Counter)
     manifest: Path | None = None
+
+    def skip(self, name: str, kind: str, reason: str) -> None:
+        """Record a skipped video: ``kind`` (``missing``, ``too short``...) counts it, ``reason``
+        explains it."""
+        self.skipped.append((name, reason))
+        self.skipped_by_kind[kind] += 1
 
     @property
     def prepared(self) -> int:
@@ -65,14 +95,17 @@ class PrepareReport:
 
     @property
     def missing(self) -> int:
-        return sum(1 for _, reason in self.skipped if reason == MISSING)
+        return self.skipped_by_kind["missing"]
 
     def summary(self, max_listed: int = 20) -> str:
         """A few lines: counts, then the skipped files with reasons."""
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.skipped_by_kind.items()))
+        written = self.manifest or "no usable video: manifest not written (an earlier one is kept)"
         lines = [
             f"[{self.split}] prepared {self.prepared}/{self.total} "
-            f"(probed {self.probed}, from cache {self.cached}), skipped {len(self.skipped)} "
-            f"(missing {self.missing}) -> {self.manifest}"
+            f"(probed {self.probed}, from cache {self.cached}), skipped {len(self.skipped)}"
+            f"{f' ({kinds})' if kinds else ''}; a video needs >= {self.min_frames} decodable "
+            f"frames -> {written}"
         ]
         for path, reason in self.skipped[:max_listed]:
             lines.append(f"  skipped {path}: {reason}")
@@ -90,10 +123,11 @@ def default_workers() -> int:
 
 
 def probe_file(path: str) -> VideoInfo:
-    """Probe a video file, or a frame archive when the name ends in ``.zip``."""
+    """Probe a video file (decoding every frame to count the decodable ones), or a frame archive
+    when the name ends in ``.zip``."""
     if path.lower().endswith(".zip"):
         return frame_zip.probe_frame_zip(path)
-    return probe_video(path)
+    return probe_video(path, verify=True)
 
 
 def _probe_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
@@ -110,7 +144,8 @@ def _probe_chunk(paths: list[str]) -> list[tuple[str, dict | None, str | None]]:
 
 
 class ProbeCache:
-    """Append-only JSON-lines cache of probe results keyed by (absolute path, size, mtime)."""
+    """Append-only JSON-lines cache of probe results keyed by (absolute path, size, mtime) and
+    the probe version."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -126,7 +161,12 @@ class ProbeCache:
 
     def get(self, path: str, stat: os.stat_result) -> dict | None:
         item = self._entries.get(path)
-        if item and item["size"] == stat.st_size and item["mtime_ns"] == stat.st_mtime_ns:
+        if (
+            item
+            and item["size"] == stat.st_size
+            and item["mtime_ns"] == stat.st_mtime_ns
+            and item.get("probe") == PROBE_VERSION
+        ):
             return item
         return None
 
@@ -137,6 +177,7 @@ class ProbeCache:
             "mtime_ns": stat.st_mtime_ns,
             "info": info,
             "error": error,
+            "probe": PROBE_VERSION,
         }
         self._entries[path] = item
         if self._file is None:
@@ -187,7 +228,12 @@ def probe_paths(
     results: dict[str, dict] = {}
     todo: list[tuple[str, os.stat_result]] = []
     for path in dict.fromkeys(paths):
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as err:  # vanished or unreadable since the folder was listed
+            results[path] = {"path": path, "info": None, "error": f"cannot read ({err.strerror})"}
+            progress.advance()
+            continue
         cached = cache.get(path, stat)
         if cached is not None:
             results[path] = cached
@@ -223,60 +269,104 @@ def prepare_splits(
     class_names: Sequence[str],
     manifest_name: Callable[[str], str],
     annotation_name: Callable[[str], str],
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
     """Probe every split's entries and write ``out/manifests/`` and ``out/annotations/``.
 
+    Every split is probed before any file is written, so a run that fails keeps the earlier
+    manifests whole; a split without a usable video keeps its earlier manifest too.
+
     :param root: folder the entries' paths are relative to (stored in the manifests).
     :param splits: split name -> entries in list-file order (kept in the manifest).
     :param manifest_name: split name -> manifest file name, e.g. ``train_split1.parquet``.
     :param annotation_name: split name -> annotation JSON file name.
+    :param min_frames: fewest decodable frames a video needs (see :data:`MIN_FRAMES`).
     :param log: where progress and reports go; None for silence.
     """
+    if min_frames < 1:
+        raise PrepareError(f"min_frames must be >= 1, got {min_frames}")
     workers = default_workers() if workers is None else max(1, workers)
     cache = ProbeCache(out_dir / "manifests" / CACHE_NAME)
-    reports = []
+    prepared: list[tuple[PrepareReport, list[VideoRecord]]] = []
     try:
         for split, entries in splits.items():
-            report = PrepareReport(split=split, total=len(entries))
-            found = [e for e in entries if e.path is not None]
-            abs_paths = [str(root / e.path) for e in found]
-            progress = Progress(split, len(set(abs_paths)), log)
-            results, report.probed = probe_paths(
-                abs_paths, cache, workers=workers, progress=progress
+            prepared.append(
+                _probe_split(root, split, entries, cache, min_frames, workers=workers, log=log)
             )
-            report.cached = len(set(abs_paths)) - report.probed
-            records = []
-            seen: set[str] = set()
-            for entry in entries:
-                if entry.video_id in seen:
-                    report.skipped.append((entry.video_id, DUPLICATE))
-                    continue
-                seen.add(entry.video_id)
-                if entry.path is None:
-                    report.skipped.append((entry.video_id, MISSING))
-                    continue
-                result = results[str(root / entry.path)]
-                if result["error"] is not None:
-                    report.skipped.append((entry.path, result["error"]))
-                    continue
-                records.append(_record(entry, result))
+    finally:
+        cache.close()
+    if not any(records for _, records in prepared):
+        for report, _ in prepared:
+            _log(report, log)
+        reasons = "; ".join(f"{r.split}: {dict(r.skipped_by_kind)}" for r, _ in prepared)
+        raise PrepareError(
+            f"no usable video under {root} in any split ({reasons}); nothing was written. "
+            "Check the video folder and the split lists."
+        )
+    for report, records in prepared:
+        if records:
             report.manifest = write_manifest(
-                out_dir / "manifests" / manifest_name(split),
+                out_dir / "manifests" / manifest_name(report.split),
                 records,
                 root=root,
                 dataset=dataset,
-                split=split,
+                split=report.split,
                 class_names=class_names,
             )
-            write_annotation_json(out_dir / "annotations" / annotation_name(split), records)
-            if log is not None:
-                print(report.summary(), file=log, flush=True)
-            reports.append(report)
-    finally:
-        cache.close()
-    return reports
+            write_annotation_json(out_dir / "annotations" / annotation_name(report.split), records)
+        _log(report, log)
+    return [report for report, _ in prepared]
+
+
+def _log(report: PrepareReport, log: TextIO | None) -> None:
+    if log is not None:
+        print(report.summary(), file=log, flush=True)
+
+
+def _probe_split(
+    root: Path,
+    split: str,
+    entries: list[VideoEntry],
+    cache: ProbeCache,
+    min_frames: int,
+    *,
+    workers: int,
+    log: TextIO | None,
+) -> tuple[PrepareReport, list[VideoRecord]]:
+    """One split's report and the records of its usable videos, in list order."""
+    report = PrepareReport(split=split, total=len(entries), min_frames=min_frames)
+    found = [e for e in entries if e.path is not None and inside_root(root, e.path)]
+    abs_paths = list(dict.fromkeys(str(root / e.path) for e in found))
+    progress = Progress(split, len(abs_paths), log)
+    results, report.probed = probe_paths(abs_paths, cache, workers=workers, progress=progress)
+    report.cached = len(abs_paths) - report.probed
+    records = []
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.video_id in seen:
+            report.skip(entry.video_id, "duplicate", DUPLICATE)
+        elif entry.path is None:
+            report.skip(entry.video_id, "missing", MISSING)
+        elif not inside_root(root, entry.path):
+            report.skip(entry.path, "outside root", f"{OUTSIDE_ROOT} {root}")
+        else:
+            result = results[str(root / entry.path)]
+            frames = (result["info"] or {}).get("num_frames", 0)
+            if result["error"] is not None:
+                report.skip(entry.path, "unreadable", result["error"])
+            elif frames < min_frames:
+                report.skip(
+                    entry.path,
+                    "too short",
+                    f"{frames} decodable frame(s), fewer than the minimum {min_frames} "
+                    "(--min-frames)",
+                )
+            else:
+                records.append(_record(entry, result))
+        seen.add(entry.video_id)
+    return report, records
 
 
 def prepare_numbered_split(
@@ -288,6 +378,7 @@ def prepare_numbered_split(
     split: int,
     dataset: str,
     class_names: Sequence[str],
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
@@ -304,6 +395,7 @@ def prepare_numbered_split(
         class_names=class_names,
         manifest_name=lambda s: f"{s}.parquet",
         annotation_name=lambda s: s.replace("_split", "_split_") + ".json",
+        min_frames=min_frames,
         workers=workers,
         log=log,
     )
@@ -325,9 +417,13 @@ def _record(entry: VideoEntry, result: dict) -> VideoRecord:
     )
 
 
-def index_files(root: Path, suffixes: Iterable[str]) -> dict[str, list[str]]:
-    """Lower-cased file name -> relative paths of the files under ``root`` with these suffixes."""
-    wanted = tuple(s.lower() for s in suffixes)
+def index_files(root: Path, suffixes: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Lower-cased file name -> relative paths of the files under ``root`` (with these suffixes).
+
+    Without ``suffixes`` every file is indexed: a list file names its videos, and whatever it
+    names is probed, so any container FFmpeg reads (``.mov``, ``.ogv``, ``.mpeg``...) is accepted.
+    """
+    wanted = tuple(s.lower() for s in suffixes) if suffixes is not None else ("",)
     index: dict[str, list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -336,6 +432,17 @@ def index_files(root: Path, suffixes: Iterable[str]) -> dict[str, list[str]]:
                 rel = os.path.relpath(os.path.join(dirpath, filename), root)
                 index.setdefault(filename.lower(), []).append(rel)
     return index
+
+
+@functools.cache
+def demuxer_suffixes() -> frozenset[str]:
+    """``.ext`` of every container format this PyAV build reads, from FFmpeg's own format list."""
+    suffixes = set()
+    for name in av.formats_available:
+        fmt = av.ContainerFormat(name)
+        if fmt.is_input:
+            suffixes.update(f".{ext.lower()}" for ext in fmt.extensions)
+    return frozenset(suffixes)
 
 
 def pick_file(index: dict[str, list[str]], filename: str, folder: str | None) -> str | None:

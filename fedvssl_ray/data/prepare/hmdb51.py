@@ -3,7 +3,8 @@
 Videos: ``<class>/<video>.avi`` (one folder per class, as the per-class rars extract; a flat
 folder works too). Splits: ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` with lines
 ``<video>.avi <tag>``, tag 1 = train, 2 = test, 0 = unused. Video names contain spaces and
-punctuation, so the tag is split off the end of the line. Class ids are the positions of the
+punctuation, so the tag is split off the end of the line (after any space or tab). Whatever
+container a line names is probed with FFmpeg. Class ids are the positions of the
 sorted class names (the original pipeline used directory-listing order, which is not
 reproducible).
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from fedvssl_ray.data.prepare.common import (
+    MIN_FRAMES,
     PrepareError,
     PrepareReport,
     VideoEntry,
@@ -28,7 +30,6 @@ from fedvssl_ray.data.prepare.common import (
     require_dir,
 )
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm")
 TRAIN_TAG, TEST_TAG = "1", "2"
 _SPLITS_HINT = (
     "Pass --splits-dir as the folder extracted from test_train_splits.rar "
@@ -48,12 +49,19 @@ def find_split_files(splits_dir: str | Path, split: int) -> dict[str, Path]:
     raise PrepareError(f"no '*_test_split{split}.txt' files in {splits_dir}. {_SPLITS_HINT}")
 
 
+def _split_tag(line: str) -> tuple[str, str]:
+    """(video name, tag) of a ``<video> <tag>`` line; the name keeps its inner spaces."""
+    parts = line.rsplit(maxsplit=1)
+    return (parts[0].strip(), parts[1]) if len(parts) == 2 else ("", "")
+
+
 def prepare_hmdb51(
     raw_dir: str | Path,
     splits_dir: str | Path,
     out_dir: str | Path,
     *,
     split: int = 1,
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
@@ -65,13 +73,12 @@ def prepare_hmdb51(
     )
     split_files = find_split_files(splits_dir, split)
     class_names = list(split_files)
-    index = index_files(raw_dir, VIDEO_SUFFIXES)
+    index = index_files(raw_dir)
     train: list[VideoEntry] = []
     test: list[VideoEntry] = []
     for label, (class_name, list_path) in enumerate(split_files.items()):
         for line in read_lines(list_path, "split file", _SPLITS_HINT):
-            filename, _, tag = line.rpartition(" ")
-            filename = filename.strip()
+            filename, tag = _split_tag(line)
             if not filename or tag not in ("0", TRAIN_TAG, TEST_TAG):
                 raise PrepareError(
                     f"{list_path}: malformed line {line!r}; expected '<video> <0|1|2>'"
@@ -93,6 +100,7 @@ def prepare_hmdb51(
         split=split,
         dataset="hmdb51",
         class_names=class_names,
+        min_frames=min_frames,
         workers=workers,
         log=log,
     )

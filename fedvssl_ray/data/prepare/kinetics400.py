@@ -23,16 +23,20 @@ from pathlib import Path
 from typing import TextIO
 
 from fedvssl_ray.data.prepare.common import (
+    MIN_FRAMES,
     PrepareError,
     PrepareReport,
     VideoEntry,
+    demuxer_suffixes,
     index_files,
     prepare_splits,
     read_lines,
     require_dir,
 )
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".mpeg", ".mpg", ".ogv", ".m4v")
+"""Tried in this order for a list name without a suffix, and preferred when files share a stem
+(any other suffix FFmpeg reads is indexed too, after these)."""
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
@@ -42,11 +46,19 @@ def clip_stem(youtube_id: str, time_start: str, time_end: str) -> str:
 
 
 def _stem_index(raw_dir: Path) -> dict[str, str]:
-    """File stem (case kept: YouTube ids are case-sensitive) -> relative path."""
+    """File stem (case kept: YouTube ids are case-sensitive) -> relative path of a file FFmpeg
+    reads, a :data:`VIDEO_SUFFIXES` one first."""
+
+    def rank(rel: str) -> int:
+        suffix = Path(rel).suffix.lower()
+        return VIDEO_SUFFIXES.index(suffix) if suffix in VIDEO_SUFFIXES else len(VIDEO_SUFFIXES)
+
     index: dict[str, str] = {}
-    for paths in index_files(raw_dir, VIDEO_SUFFIXES).values():
+    for paths in index_files(raw_dir, demuxer_suffixes() | set(VIDEO_SUFFIXES)).values():
         for rel in paths:
-            index.setdefault(Path(rel).stem, rel)
+            stem = Path(rel).stem
+            if stem not in index or rank(rel) < rank(index[stem]):
+                index[stem] = rel
     return index
 
 
@@ -144,6 +156,7 @@ def prepare_kinetics400(
     csv_paths: list[str | Path] | None = None,
     list_path: str | Path | None = None,
     list_split: str = "train",
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
@@ -171,6 +184,7 @@ def prepare_kinetics400(
         class_names=class_names,
         manifest_name=lambda s: f"{s}.parquet",
         annotation_name=lambda s: f"{s}.json",
+        min_frames=min_frames,
         workers=workers,
         log=log,
     )

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from fedvssl_ray.data.manifest import read_annotation_json, read_annotation_txt
 from fedvssl_ray.data.prepare.common import (
+    MIN_FRAMES,
     PrepareError,
     PrepareReport,
     VideoEntry,
@@ -50,6 +51,7 @@ def prepare_seed(
     out_dir: str | Path,
     *,
     split: int = 1,
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
@@ -79,6 +81,7 @@ def prepare_seed(
         split=split,
         dataset="seed",
         class_names=class_names,
+        min_frames=min_frames,
         workers=workers,
         log=log,
     )

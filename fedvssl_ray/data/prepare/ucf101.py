@@ -5,7 +5,9 @@ Videos: either the flat folder ``unrar e`` gives (``v_<Class>_gXX_cYY.avi``) or 
 ``ucfTrainTestlist/`` with ``classInd.txt`` (``<id> <Class>``, 1-based), ``trainlistNN.txt``
 (``<Class>/<file>.avi <id>``) and ``testlistNN.txt`` (``<Class>/<file>.avi``). The class comes
 from the list line's folder part (``HandstandPushups/v_HandStandPushups_g01_c01.avi``: the folder
-and the file name differ in case), and files are found by name case-insensitively.
+and the file name differ in case), and files are found by name case-insensitively. A list line
+is ``<path> [<id>]``: the id, when there is one, is the last token, so names with spaces survive.
+Whatever container a line names (``.avi``, ``.mp4``, ``.mov``, ``.ogv``...) is probed with FFmpeg.
 
 Writes ``out/manifests/{train,test}_split{N}.parquet`` and, for the original pipeline,
 ``out/annotations/{train,test}_split_{N}.json``.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from fedvssl_ray.data.prepare.common import (
+    MIN_FRAMES,
     PrepareError,
     PrepareReport,
     VideoEntry,
@@ -28,7 +31,6 @@ from fedvssl_ray.data.prepare.common import (
     require_dir,
 )
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm")
 _SPLITS_HINT = (
     "Pass --splits-dir as the folder extracted from UCF101TrainTestSplits-RecognitionTask.zip "
     "(ucfTrainTestlist/ or its parent)."
@@ -57,6 +59,13 @@ def read_class_index(path: Path) -> list[str]:
     return [by_id[i] for i in range(1, len(by_id) + 1)]
 
 
+def list_path_part(line: str) -> str:
+    """The path of a ``<path> [<id>]`` list line: a trailing number is the class id, the rest
+    (spaces included) is the path."""
+    parts = line.rsplit(maxsplit=1)
+    return parts[0].strip() if len(parts) == 2 and parts[1].isdigit() else line
+
+
 def list_entries(
     list_path: Path, class_names: list[str], index: dict[str, list[str]]
 ) -> list[VideoEntry]:
@@ -65,7 +74,7 @@ def list_entries(
     folded = {name.lower(): i for i, name in enumerate(class_names)}
     entries = []
     for line in read_lines(list_path, "split list", _SPLITS_HINT):
-        rel = line.split()[0]  # train lines end with " <id>"; UCF-101 names have no spaces
+        rel = list_path_part(line)
         folder, _, filename = rel.replace("\\", "/").rpartition("/")
         if not folder:
             raise PrepareError(f"{list_path}: line {line!r} lacks the '<Class>/' folder part")
@@ -90,6 +99,7 @@ def prepare_ucf101(
     out_dir: str | Path,
     *,
     split: int = 1,
+    min_frames: int = MIN_FRAMES,
     workers: int | None = None,
     log: TextIO | None = sys.stderr,
 ) -> list[PrepareReport]:
@@ -101,7 +111,7 @@ def prepare_ucf101(
     )
     lists_dir = find_splits_dir(splits_dir)
     class_names = read_class_index(lists_dir / "classInd.txt")
-    index = index_files(raw_dir, VIDEO_SUFFIXES)
+    index = index_files(raw_dir)
     return prepare_numbered_split(
         raw_dir,
         list_entries(lists_dir / f"trainlist{split:02d}.txt", class_names, index),
@@ -110,6 +120,7 @@ def prepare_ucf101(
         split=split,
         dataset="ucf101",
         class_names=class_names,
+        min_frames=min_frames,
         workers=workers,
         log=log,
     )
