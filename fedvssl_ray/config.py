@@ -59,6 +59,8 @@ class ClientConfig:
     torch_threads: int = 0  # per actor; 0: the cores divided among the actors still busy
     max_cached_clients: int = 16  # per actor: clients whose head and shard stay in memory
     replay: bool = False  # every round draws the same clips (the Flower baseline reseeds each round)
+    mixed_precision: bool = True  # GPU: bf16 autocast (fp16 + loss scaling if no bf16); CPU: fp32
+    channels_last: bool = False  # GPU only: channels_last_3d layout; turn on only once measured
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class FinetuneConfig:
     num_gpus: float = 0.0  # per worker (> 0: use_gpu)
     torch_threads: int = 0  # per worker; 0: max(1, num_cpus)
     decode_workers: int = 0  # Ray Data decode tasks running at once per worker; 0: automatic
-    mixed_precision: bool = True  # bf16 autocast, on GPU only (CPU always trains in fp32)
+    mixed_precision: bool = True  # as client.mixed_precision: bf16 (or fp16) autocast on GPU only
     checkpoint_every: int = 1  # keep checkpoints/epoch-NNNN.npz every N epochs (and the last)
     test: bool = True  # run the 10-clip test on the final model
 
@@ -435,6 +437,11 @@ def validate(cfg: Config) -> None:
     require(c.num_actors >= 0, f"client.num_actors={c.num_actors} must be >= 0 (0: automatic)")
     require(c.torch_threads >= 0, f"client.torch_threads={c.torch_threads} must be >= 0")
     require(c.max_cached_clients >= 1, "client.max_cached_clients must be >= 1")
+    require(
+        not c.channels_last or c.num_gpus > 0,
+        "client.channels_last=true is a GPU memory layout but client.num_gpus=0; set "
+        "client.channels_last=false to train on CPU",
+    )
     d = cfg.data
     require(
         d.clip_len >= 8 and d.clip_len % 8 == 0,

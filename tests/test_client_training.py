@@ -19,6 +19,7 @@ from fedvssl_ray.training import local as local_module
 from fedvssl_ray.training.client import ClientWorker
 from fedvssl_ray.training.local import LocalStats, SgdParams, train_local
 from fedvssl_ray.training.messages import ClientResult, NeedHead, client_seed
+from fedvssl_ray.training.precision import Precision
 
 CROP, CLIP_LEN, PATCHES = 32, 8, 3
 
@@ -93,9 +94,9 @@ def rounds_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, np.ndar
     """(model state as training starts, stats) of every local round the worker runs."""
     seen: list[tuple[dict[str, np.ndarray], LocalStats]] = []
 
-    def spy(model, batches, params, device) -> LocalStats:
+    def spy(model, batches, params, device, **options) -> LocalStats:
         state = get_weights(model)
-        stats = train_local(model, batches, params, device)
+        stats = train_local(model, batches, params, device, **options)
         seen.append((state, stats))
         return stats
 
@@ -381,3 +382,34 @@ def test_head_init_std_scales_the_head_init_and_leaves_the_backbone():
         torch.testing.assert_close(wider.state_dict()[key], 10 * reference[key])
     with pytest.raises(ConfigError, match="model.head_init_std"):
         load_config("synthetic", ["model.head_init_std=0"])
+
+
+def test_mixed_precision_leaves_cpu_training_bit_identical() -> None:
+    """On CPU ``client.mixed_precision`` (a user override through load_config) changes nothing."""
+    results = {}
+    for flag in ("true", "false"):
+        cfg = tiny_config(f"client.mixed_precision={flag}")
+        assert cfg.client.mixed_precision is (flag == "true")
+        worker = ClientWorker(cfg, lambda c: FakeStream([2, 1]))
+        assert worker.precision == Precision("cpu") and not worker.channels_last
+        results[flag] = trained(worker, worker.initial_global(), 1, 0)
+    on, off = results["true"], results["false"]
+    assert_bit_equal(on.update.weights, off.update.weights)
+    assert_bit_equal(on.head, off.head)
+    assert on.update.loss == off.update.loss
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_and_loss_scaling_train_in_fp32_weights(dtype: torch.dtype) -> None:
+    """The GPU's mixed-precision step (autocast forward, scaled backward, clip on unscaled
+    gradients) run on CPU autocast: finite losses, fp32 weights that moved."""
+    torch.manual_seed(0)
+    model = build_ctp_model("r3d10_narrow", num_frames=CLIP_LEN, seed=1)
+    before = get_weights(model)
+    stats = train_local(model, [fake_batch(1)], SgdParams(grad_clip=1.0), torch.device("cpu"),
+                        precision=Precision("cpu", dtype))
+    assert stats.steps == 1 and math.isfinite(stats.losses[0])
+    after = get_weights(model)
+    assert all(after[k].dtype == before[k].dtype for k in before)
+    assert not np.array_equal(after["head.pred_head.weight"], before["head.pred_head.weight"])
+

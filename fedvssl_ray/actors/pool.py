@@ -24,6 +24,7 @@ from ..training.messages import ClientResult, NeedHead
 from ..training.rounds import EventSink, HeadSource, RoundOutcome
 from .client_actor import RemoteClientActor
 from .cluster import (
+    actors_that_fit,
     alive_nodes,
     check_client_resources,
     check_eval_resources,
@@ -32,14 +33,18 @@ from .cluster import (
 
 
 def plan_actors(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> int:
-    """How many client actors to start: config, else as many as the cluster's GPUs (or CPUs)
-    hold at ``client.num_gpus`` (or ``client.num_cpus``) each, at most one per sampled client."""
-    if cfg.client.num_actors:
-        return min(cfg.client.num_actors, cfg.num_clients)
-    if cfg.client.num_gpus > 0:
-        fit = int(cluster_gpus // cfg.client.num_gpus)
+    """How many client actors to start: config, else as many as the cluster holds at once (GPU
+    actors: ``client.num_gpus`` and ``client.num_cpus`` each, so 0.2 puts five on a GPU; CPU
+    actors: at least one core each), at most one per sampled client. Shares are counted as
+    :func:`actors_that_fit` counts them, so 1 GPU / 0.2 is 5, not float ``1 // 0.2 == 4``."""
+    c = cfg.client
+    if c.num_actors:
+        return min(c.num_actors, cfg.num_clients)
+    cluster = [{"CPU": cluster_cpus, "GPU": cluster_gpus}]
+    if c.num_gpus > 0:
+        fit = actors_that_fit(cluster, c.num_cpus, c.num_gpus)
     else:
-        fit = int(cluster_cpus // max(1.0, cfg.client.num_cpus))
+        fit = actors_that_fit(cluster, max(1.0, c.num_cpus), 0.0)
     return max(1, min(fit, cfg.clients_per_round))
 
 
@@ -76,6 +81,22 @@ def thread_plan(
             threads[client_id] = max(1, budget // max(1, busy))
             offset += steps[client_id]
     return threads
+
+
+def plan_threads(
+    cfg: Config, queues: Sequence[Sequence[int]], steps: Mapping[int, int], budget: int,
+    single_node: bool,
+) -> dict[int, int]:
+    """Torch threads per client of a round: ``client.torch_threads`` if set; else GPU actors,
+    and actors spread over several nodes, use the CPUs they reserved (``client.num_cpus``,
+    at least one thread), and CPU actors on one node share its ``budget`` (:func:`thread_plan`)."""
+    c = cfg.client
+    if c.torch_threads:
+        return {client: c.torch_threads for queue in queues for client in queue}
+    if c.num_gpus > 0 or not single_node:
+        share = max(1, math.floor(c.num_cpus + 1e-9))
+        return {client: share for queue in queues for client in queue}
+    return thread_plan(queues, steps, budget)
 
 
 class RayRunner:
@@ -127,13 +148,6 @@ class RayRunner:
     def initial_global(self) -> Weights:
         return ray.get(self.actors[0].initial_global.remote())
 
-    def _threads(self, queues: Sequence[Sequence[int]]) -> dict[int, int]:
-        if self.cfg.client.torch_threads:
-            return {c: self.cfg.client.torch_threads for q in queues for c in q}
-        if self.cfg.client.num_gpus > 0 or not self.single_node:
-            return {c: max(1, int(self.cfg.client.num_cpus)) for q in queues for c in q}
-        return thread_plan(queues, self.client_steps, self.thread_budget)
-
     def run_round(
         self, global_weights: Weights, round_idx: int, client_ids: Sequence[int],
         heads: HeadSource, emit: EventSink,
@@ -142,7 +156,9 @@ class RayRunner:
         global_ref = ray.put(global_weights)
         broadcast_s = time.perf_counter() - start
         queues = assign_round(client_ids, self.client_steps, self.home, self.num_actors)
-        threads = self._threads(queues)
+        threads = plan_threads(
+            self.cfg, queues, self.client_steps, self.thread_budget, self.single_node
+        )
         pending: dict[ray.ObjectRef, tuple[int, int]] = {}
         results: list[ClientResult] = []
         failures: dict[int, str] = {}

@@ -10,6 +10,7 @@ it directly, so both run exactly the same code.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ from ..models import (
 )
 from .local import LocalStats, SgdParams, train_local
 from .messages import ClientResult, NeedHead, client_seed
+from .precision import choose_precision
 from .strategy_params import strategy_params
 
 
@@ -62,7 +64,19 @@ class ClientWorker:
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if cfg.client.num_gpus > 0 else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"client.num_gpus={cfg.client.num_gpus:g} but torch {torch.__version__} sees no "
+                f"CUDA device in this process (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); set client.num_gpus=0 to train on CPU"
+            )
+        self.precision = choose_precision(self.device, cfg.client.mixed_precision)
+        self.channels_last = cfg.client.channels_last and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # a round repeats a few batch shapes
         self.model = seeded_ctp_model(cfg).to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last_3d)
         self.head_keys = keys_with_prefix(self.model, "head")
         self.init_head = get_weights(self.model, self.head_keys)  # common init on every client
         strategy = make_strategy(cfg.strategy.name, **strategy_params(cfg))
@@ -106,7 +120,10 @@ class ClientWorker:
         stream = self._stream_for(client_id)
         loaded = time.perf_counter()
         batches = round_batches(stream, data_round, self.cfg.client.local_epochs)
-        stats = train_local(self.model, batches, self.sgd, self.device)
+        stats = train_local(
+            self.model, batches, self.sgd, self.device, precision=self.precision,
+            channels_last=self.channels_last,
+        )
         loss = self._reported_loss(stats, client_id)
         trained = time.perf_counter()
         new_head = get_weights(self.model, self.head_keys)

@@ -3,7 +3,8 @@
 The classifier (:func:`~fedvssl_ray.models.build_classifier`, seeded) starts from a backbone
 checkpoint (or from scratch) and trains the whole network with cross-entropy, SGD (lr,
 momentum, weight decay on every parameter), gradient clipping by global L2 norm and a
-``MultiStepLR`` stepped once per epoch; on a GPU in bf16 autocast if asked (never on CPU).
+``MultiStepLR`` stepped once per epoch; on a GPU in mixed precision if asked (bf16, or fp16
+with loss scaling where bf16 is not native: :mod:`~fedvssl_ray.training.precision`; never on CPU).
 
 Data order and augmentation are functions of ``(seed, epoch, position)`` only:
 :func:`epoch_plan` is the epoch's seeded permutation padded to whole global batches (``workers``
@@ -41,6 +42,7 @@ from ..data.clips import finetune_indices, sample_rng
 from ..data.transforms import FinetuneTrainPreset
 from ..evaluation.spec import EvalVideo
 from ..models import VideoClassifier, Weights, build_classifier, get_weights, set_weights
+from .precision import choose_precision, scaled_step
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +263,18 @@ def train_one_epoch(
     device: torch.device,
 ) -> EpochStats:
     """One pass over ``batches`` (``imgs``, ``label``, ``valid``): cross-entropy on the valid
-    clips, backward, clip the global gradient norm, SGD step. bf16 autocast on CUDA if
-    ``params.mixed_precision``."""
+    clips, backward, clip the global gradient norm, SGD step. Mixed precision on CUDA if
+    ``params.mixed_precision`` (:func:`choose_precision`); a loss scaler lives for one epoch, so
+    a run resumed at an epoch boundary scales as an uninterrupted one."""
     model.train()
     stats = EpochStats()
-    autocast = params.mixed_precision and device.type == "cuda"
+    precision = choose_precision(device, params.mixed_precision)
+    scaler = precision.grad_scaler()
     for batch in batches:
         imgs = batch["imgs"].to(device, non_blocking=True)
         labels = batch["label"].to(device)
         valid = batch["valid"].to(device).bool()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with precision.autocast():
             logits = model(imgs)
         logits = logits.float()
         n = int(valid.sum())
@@ -278,10 +282,7 @@ def train_one_epoch(
         loss = (nn.functional.cross_entropy(logits[valid], labels[valid]) if n
                 else logits.sum() * 0.0)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if params.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-        optimizer.step()
+        scaled_step(loss, optimizer, scaler, model.parameters(), params.grad_clip)
         stats.steps += 1
         stats.skipped += len(valid) - n
         if n:

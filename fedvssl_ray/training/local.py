@@ -1,4 +1,9 @@
-"""One client's local CtP round: one fresh SGD for all its epochs, gradient clipping, per-step losses."""
+"""One client's local CtP round: one fresh SGD for all its epochs, gradient clipping, per-step losses.
+
+On a CUDA device batches go through pinned host memory with asynchronous copies, the forward
+pass runs in the precision :func:`~fedvssl_ray.training.precision.choose_precision` picked, and
+clips may be laid out channels-last-3d; the CPU takes the batches as they come, in fp32.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..models import CtpModel, ctp_loss, make_rois
+from .precision import FP32, Precision, scaled_step
+
+BATCH_TENSORS = ("imgs", "gt_trajs", "gt_weights")
 
 
 @dataclass(frozen=True)
@@ -59,15 +67,20 @@ def train_local(
     batches: Iterable[dict[str, torch.Tensor]],
     params: SgdParams,
     device: torch.device,
+    *,
+    precision: Precision = FP32,
+    channels_last: bool = False,
 ) -> LocalStats:
     """Train ``model`` in place on one round's ``batches`` (every local epoch, in order).
 
-    One optimiser serves the whole round, so momentum carries across its epochs and never
-    across rounds. Each step also scores the all-zero predictor ("no patch moves") on its
-    batch, the baseline against which the loss shows what the model has learnt.
+    One optimiser (and loss scaler) serves the whole round, so momentum carries across its
+    epochs and never across rounds. Each step also scores the all-zero predictor ("no patch
+    moves") on its batch, the baseline against which the loss shows what the model has learnt.
+    Only the model's forward pass runs under ``precision``'s autocast; both losses are fp32.
     """
     model.train()
     optimizer = make_optimizer(model, params)
+    scaler = precision.grad_scaler()
     losses: list[float] = []
     sizes: list[int] = []
     zero_sum = data_s = compute_s = 0.0
@@ -75,18 +88,15 @@ def train_local(
     for batch in batches:
         start = time.perf_counter()
         data_s += start - tick
-        imgs = batch["imgs"].to(device, non_blocking=True)
-        gt_trajs = batch["gt_trajs"].to(device, non_blocking=True)
-        gt_weights = batch["gt_weights"].to(device, non_blocking=True)
-        preds = model(imgs, make_rois(gt_trajs))
+        imgs, gt_trajs, gt_weights = to_device(batch, device, channels_last=channels_last)
+        with precision.autocast():
+            preds = model(imgs, make_rois(gt_trajs))
+        preds = preds.float()
         loss = ctp_loss(preds, gt_trajs, gt_weights)["loss"]
         with torch.no_grad():
             zero = ctp_loss(torch.zeros_like(preds), gt_trajs, gt_weights)["loss"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if params.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-        optimizer.step()
+        scaled_step(loss, optimizer, scaler, model.parameters(), params.grad_clip)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"local loss became {value} at step {len(losses) + 1}")
@@ -98,3 +108,18 @@ def train_local(
     if not losses:
         raise ValueError("no training batches: the client's shard is empty")
     return LocalStats(tuple(losses), tuple(sizes), zero_sum / len(losses), data_s, compute_s)
+
+
+def to_device(
+    batch: dict[str, torch.Tensor], device: torch.device, *, channels_last: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """``imgs``, ``gt_trajs``, ``gt_weights`` of ``batch`` on ``device``. To CUDA they are
+    copied from pinned host memory without blocking the host; ``channels_last`` lays the clips
+    out channels-last-3d (as the model's weights then are)."""
+    tensors = [batch[key] for key in BATCH_TENSORS]
+    if device.type == "cuda":
+        tensors = [t if t.is_pinned() else t.pin_memory() for t in tensors]
+    tensors = [t.to(device, non_blocking=True) for t in tensors]
+    if channels_last:
+        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last_3d)
+    return tuple(tensors)
