@@ -61,16 +61,34 @@ def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> 
         raise SystemExit(2) from None
 
 
-def exit_on_error(fn, *args, **kwargs):
-    """Call ``fn``; a user mistake (bad config, missing data, occupied run dir) exits 2."""
-    from fedvssl_ray.data.shards import DatasetMissingError
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean a user mistake (config, data, run directory, checkpoint, cluster
+    access): their message says what to change, so they end a command with exit 2 and no
+    traceback. Imports no torch: this runs before anything heavy."""
+    from fedvssl_ray.actors.cluster import RayConnectError
+    from fedvssl_ray.checkpoint import CheckpointError
+    from fedvssl_ray.data.manifest import ManifestError
+    from fedvssl_ray.data.partition import PartitionError
+    from fedvssl_ray.data.prepare.common import PrepareError
+    from fedvssl_ray.data.shards import DatasetMissingError, ShardsError
     from fedvssl_ray.run_dir import RunDirError
 
+    return (ConfigError, RunDirError, DatasetMissingError, ShardsError, PrepareError,
+            PartitionError, ManifestError, CheckpointError, RayConnectError)
+
+
+def exit_on_error(fn, *args, **kwargs):
+    """Call ``fn``; a user mistake (see :func:`user_errors`) exits 2 with its message."""
     try:
         return fn(*args, **kwargs)
-    except (ConfigError, RunDirError, DatasetMissingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except user_errors() as err:
+        raise fail(str(err)) from None
+
+
+def fail(message: str) -> SystemExit:
+    """Print ``error: message`` to stderr; the caller raises the returned exit-2 SystemExit."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
 
 
 class ProgressPrinter:

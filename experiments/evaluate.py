@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import config_parser, exit_on_error, resolve_config
+from common import config_parser, exit_on_error, fail, resolve_config
 
 from fedvssl_ray.checkpoint import save_json_atomic
 from fedvssl_ray.config import (
@@ -70,11 +70,6 @@ def parse_args(argv: list[str] | None):
             rest.append(text)
     args.overrides = rest
     return args, own
-
-
-def fail(message: str) -> SystemExit:
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(2)
 
 
 def output_path(cfg: Config, checkpoint: str, task: str, out: str) -> Path:
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from fedvssl_ray.actors.cluster import start_ray
         from fedvssl_ray.actors.evaluation import evaluate_on_ray
 
-        start_ray(cfg)
+        exit_on_error(start_ray, cfg)
         result = exit_on_error(
             evaluate_on_ray, weights, cfg, tasks, max_videos=cfg.eval.max_videos,
             progress=progress,
@@ -203,7 +198,7 @@ def main_test(args, own: dict, launched: float) -> int:
         from fedvssl_ray.actors.cluster import start_ray
         from fedvssl_ray.actors.evaluation import RayExtractor
 
-        start_ray(cfg)
+        exit_on_error(start_ray, cfg)
         result = exit_on_error(evaluate_classifier, weights, cfg, progress=EvalProgress(),
                                extractor=exit_on_error(RayExtractor, cfg))
     result = {

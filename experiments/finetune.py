@@ -22,12 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import config_parser, exit_on_error, resolve_config
+from common import config_parser, exit_on_error, fail, resolve_config
 
 from fedvssl_ray.checkpoint import CheckpointError, save_json_atomic
 from fedvssl_ray.config import Config, ConfigError, apply_overrides, format_config, override
 from fedvssl_ray.data.manifest import ManifestError
 from fedvssl_ray.evaluation.weights import BackboneCheckpointError, expected_shapes
+from fedvssl_ray.run_dir import RunDir
 
 ALIASES = {"checkpoint": "finetune.checkpoint", "trust_pickle": "finetune.trust_pickle"}
 RESUMABLE = ("finetune.epochs", "finetune.workers", "finetune.num_cpus", "finetune.num_gpus",
@@ -58,11 +59,6 @@ def _alias(text: str) -> str:
     return f"{ALIASES[key]}={value}" if sep and key in ALIASES else text
 
 
-def fail(message: str) -> SystemExit:
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(2)
-
-
 def resolve_run(args) -> tuple[Config, object, bool]:
     """(config, run directory, resuming)."""
     from fedvssl_ray.training.finetune import FinetuneRunDir
@@ -75,7 +71,7 @@ def resolve_run(args) -> tuple[Config, object, bool]:
             if not key.startswith(RESUMABLE):
                 raise fail(f"{key} cannot change on resume (only {', '.join(RESUMABLE)})")
         cfg = exit_on_error(apply_overrides, saved, args.overrides)
-        if run.epochs_done() == 0 and not run.state_path.parent.is_dir():
+        if exit_on_error(run.epochs_done) == 0 and not run.state_path.parent.is_dir():
             raise fail(f"{run.path} is not a fine-tuning run directory")
         return cfg, run, True
     cfg = resolve_config(args)
@@ -84,6 +80,7 @@ def resolve_run(args) -> tuple[Config, object, bool]:
     if not cfg.run_dir:
         stem = Path(args.config).stem
         cfg = override(cfg, run_dir=f"runs/finetune-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    exit_on_error(RunDir(cfg.run_dir).check_new)
     return cfg, FinetuneRunDir(cfg.run_dir), False
 
 
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_config(cfg), end="")
         return 0
     # a resume from a saved epoch needs no initial weights (nor the file they came from)
-    init = None if resuming and run.epochs_done() > 0 else load_init(cfg)
+    init = None if resuming and exit_on_error(run.epochs_done) > 0 else load_init(cfg)
     try:
         videos, class_names = exit_on_error(train_videos, cfg)
     except ManifestError as err:
@@ -159,7 +156,7 @@ def run_all(engine, cfg, run, videos, class_names, meta, init, launched) -> dict
 
     started = not ray.is_initialized()  # a caller's Ray (e.g. a test's) is used as it is
     if started:
-        start_ray(cfg)
+        exit_on_error(start_ray, cfg)
     try:
         exit_on_error(run_on_ray_train, cfg, run, videos, len(class_names), meta, init)
         train_s = time.perf_counter() - train_started

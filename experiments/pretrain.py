@@ -13,10 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from common import ProgressPrinter, config_parser, exit_on_error, resolve_config
+from common import (
+    ProgressPrinter,
+    config_parser,
+    exit_on_error,
+    fail,
+    resolve_config,
+    user_errors,
+)
 
 from fedvssl_ray.config import Config, apply_overrides, format_config, override
-from fedvssl_ray.data.shards import ClientShards, ensure_dataset
+from fedvssl_ray.data.shards import ClientShards
 from fedvssl_ray.run_dir import RunDir, check_resume_config
 from fedvssl_ray.training.rounds import RunStopped
 
@@ -81,18 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run_dir.path} already has all {cfg.rounds} rounds; nothing to do (give "
               f"rounds=N to extend it)")
         return 0
-    exit_on_error(ensure_dataset, cfg)
-    if cfg.resume:
-        exit_on_error(run_dir.write_config, cfg)
-    else:
-        exit_on_error(run_dir.create, cfg)
+    if not cfg.resume:
+        exit_on_error(run_dir.check_new)
+    # the dataset and the clients' partition are checked before anything is written or started
+    shards = exit_on_error(ClientShards.from_config, cfg)
+    exit_on_error(run_dir.write_config if cfg.resume else run_dir.create, cfg)
     progress = ProgressPrinter(cfg, launched)
     print(f"run directory: {run_dir.path}")
     try:
-        summary = run(args.engine, cfg, run_dir, progress)
+        summary = run(args.engine, cfg, run_dir, progress, shards)
     except RunStopped as err:
         print(f"run stopped: {err}", file=sys.stderr)
         return 1
+    except user_errors() as err:  # e.g. the disk filled up: the message says what to resume
+        raise fail(str(err)) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume {run_dir.path}", file=sys.stderr)
         return 130
@@ -100,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) -> dict:
-    """Run every round with the chosen engine; a stopped run raises :class:`RunStopped`."""
+def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter,
+        shards: ClientShards) -> dict:
+    """Run every round with the chosen engine; a stopped run raises :class:`RunStopped`, a
+    user mistake found on the way (a full disk, a cluster that refuses us) its own error."""
     if engine == "plain":
         from fedvssl_ray.training.plain import run_plain
 
-        shards = ClientShards.from_config(cfg)
         progress({"type": "shards", "summary": shards.summary()})
         return run_plain(cfg, run_dir, shards.stream_factory(), progress)
     import ray
@@ -113,11 +123,11 @@ def run(engine: str, cfg: Config, run_dir: RunDir, progress: ProgressPrinter) ->
     from fedvssl_ray.actors.cluster import start_ray
     from fedvssl_ray.actors.driver import run_on_ray, start_driver
 
-    start_ray(cfg)
+    exit_on_error(start_ray, cfg)
     try:
         return run_on_ray(exit_on_error(start_driver, cfg, run_dir.path), progress)
     except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, RunStopped):
+        if isinstance(err.cause, (RunStopped, *user_errors())):
             raise err.cause from None
         raise
     finally:  # stop the processes a local Ray started before this one exits, whatever happened

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import config_parser, exit_on_error, resolve_config
+from common import config_parser, exit_on_error, fail, resolve_config
 from ray import tune
 
 from fedvssl_ray.checkpoint import save_json_atomic
@@ -98,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {sweep_dir} already holds a sweep; finish it with --resume "
                   f"{sweep_dir} or choose another --sweep-dir", file=sys.stderr)
             return 2
-        (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
-        save_json_atomic(sweep_dir / SWEEP_FILE, {"base": config_to_dict(base), "grid": grid,
-                                                  "metric": metric, "scheduler": scheduler})
+        try:
+            (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+            save_json_atomic(sweep_dir / SWEEP_FILE, {"base": config_to_dict(base), "grid": grid,
+                                                      "metric": metric, "scheduler": scheduler})
+        except OSError as err:
+            raise fail(f"--sweep-dir {sweep_dir}: cannot write {err.filename or sweep_dir} "
+                       f"({err.strerror or err}); choose a writable folder") from None
     return run_sweep(base, grid, metric, scheduler, sweep_dir.resolve(), args)
 
 
@@ -118,7 +122,7 @@ def run_sweep(base: Config, grid: dict, metric: str, scheduler: str, sweep_dir: 
         write_outputs,
     )
 
-    start_ray(base)
+    exit_on_error(start_ray, base)
     # trials run in their own working directories: give them the dataset's absolute path
     base = override(base, data__root=str(Path(base.data.root).resolve()))
     resources = ray.cluster_resources()

@@ -77,38 +77,82 @@ def save_arrays(
 
 
 def load_arrays(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by :func:`save_arrays`: (arrays in saved order, metadata or {})."""
+    """Read a file written by :func:`save_arrays`: (arrays in saved order, metadata or {}).
+
+    Never unpickles: an object array is refused by name before its data is read. A missing
+    file raises ``FileNotFoundError``; anything else unreadable a :class:`CheckpointError`
+    that says what is wrong with the file.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            npz = np.load(fh, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path}: not an .npz archive of named arrays")
-            with npz:
-                arrays = {key: npz[key] for key in npz.files}
+        with zipfile.ZipFile(path) as zf:
+            arrays = {_array_name(path, name): _read_member(path, zf, name)
+                      for name in zf.namelist()}
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode()) if META_KEY in arrays else {}
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "checkpoint not found", str(path)) from None
     except CheckpointError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: corrupt or unsafe checkpoint ({err})") from err
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(
+            f"{path}: not a readable .npz archive ({err}); the file is truncated, damaged or "
+            "not a checkpoint"
+        ) from None
+    except (OSError, ValueError, EOFError, KeyError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its {META_KEY} entry is not a JSON object")
     return arrays, meta
+
+
+def _array_name(path: Path, member: str) -> str:
+    """The array name of an archive member (``name.npy``); anything else is not ours."""
+    if not member.endswith(".npy"):
+        raise CheckpointError(
+            f"{path}: holds {member!r}, not a .npy array; expected an .npz of named arrays"
+        )
+    return member[: -len(".npy")]
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, member: str) -> np.ndarray:
+    """One numeric array of the archive; an object (pickled) array is refused unread."""
+    with zf.open(member) as fh:
+        if _npy_dtype(fh).hasobject:
+            raise CheckpointError(
+                f"{path}: {member[:-4]!r} holds pickled Python objects; checkpoints hold "
+                "numeric arrays only and are never unpickled"
+            )
+    with zf.open(member) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def save_json_atomic(path: PathLike, obj: Any) -> None:
     """Atomically replace a small JSON file (config, summary, strategy state)."""
-    text = json.dumps(obj, indent=2) + "\n"
-    _write_atomic(Path(path), lambda fh: fh.write(text.encode()))
+    save_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_text_atomic(path: PathLike, text: str) -> None:
+    """Atomically replace a text file: readers see the old or the new content, never a part."""
+    data = text.encode()
+    _write_atomic(Path(path), lambda fh: fh.write(data))
 
 
 def append_jsonl(path: PathLike, obj: Any) -> None:
-    """Append ``obj`` as one JSON line, with a single write, flushed and fsynced."""
-    line = (json.dumps(obj) + "\n").encode()
-    with open(path, "ab") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append ``obj`` as one JSON line, fsynced; a failed write (a full disk) is cut off again,
+    so the file never ends in half a line."""
+    line = memoryview((json.dumps(obj) + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError:  # e.g. a full disk: cut off what was written
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -475,4 +519,8 @@ def load_backbone_any(
         except ValueError as err:
             raise CheckpointError(f"{path}: {err}") from None
         return named, {"format": "flower", "arrays": len(arrays)}
-    raise CheckpointError(f"{path}: not a checkpoint this project reads; expected {EXPECTED_FORMATS}")
+    reason = "an archive of other files" if zipfile.is_zipfile(path) else (
+        "not a zip archive: truncated, damaged or another format")
+    raise CheckpointError(
+        f"{path}: not a checkpoint this project reads ({reason}); expected {EXPECTED_FORMATS}"
+    )

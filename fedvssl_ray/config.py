@@ -296,12 +296,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from None
+        raise ConfigError(f"cannot read config file {str(path)!r}: {_one_line(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return dict(data)
+
+
+def _one_line(err: Exception) -> str:
+    """A parse error in one line: YAML's own message spans several, with a caret drawing."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return str(err)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -443,6 +451,11 @@ def validate(cfg: Config) -> None:
         "client.channels_last=false to train on CPU",
     )
     d = cfg.data
+    require(
+        bool(d.root.strip()),
+        "data.root is empty: it must name a folder (a prepared dataset, or where the synthetic "
+        "one is made), e.g. data.root=data/synthetic",
+    )
     require(
         d.clip_len >= 8 and d.clip_len % 8 == 0,
         f"data.clip_len={d.clip_len} must be a multiple of 8 (the backbone's temporal stride)",

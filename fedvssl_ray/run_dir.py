@@ -21,16 +21,26 @@ config still describes the same run (:func:`check_resume_config`); otherwise it 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, append_jsonl, load_arrays, save_arrays, save_json_atomic
+from .checkpoint import (
+    CheckpointError,
+    append_jsonl,
+    load_arrays,
+    save_arrays,
+    save_json_atomic,
+    save_text_atomic,
+)
 from .config import (
     Config,
     ConfigError,
@@ -86,27 +96,91 @@ class RunDir:
     # -- creation and config -------------------------------------------------------------------
 
     def create(self, cfg: Config) -> None:
-        """Start a fresh run here; refuses a directory that already holds a run."""
+        """Start a fresh run here; refuses a directory that already holds a run, or files of
+        something else (see :meth:`check_new`)."""
+        self.check_new()
+        with self._writing("creating the run directory"):
+            for folder in (self.checkpoints, self.heads_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            self.write_config(cfg)
+
+    def check_new(self) -> None:
+        """Raise :class:`RunDirError`, changing nothing, unless a fresh run can start here: the
+        directory is new, empty, or a run that never completed a round, and can be created."""
         if self.state_path.exists() or self.metrics_path.exists():
             raise RunDirError(
                 f"{self.path} already holds a run; resume it with --resume {self.path} "
                 "(or resume=true run_dir=...), or choose another run_dir"
             )
-        for folder in (self.checkpoints, self.heads_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.write_config(cfg)
+        if self.path.is_dir() and any(self.path.iterdir()) and not (
+            self.path / "config.json"
+        ).is_file():
+            raise RunDirError(
+                f"run_dir={self.path} is a folder of other files, not a run directory; choose "
+                "a new or empty folder for run_dir"
+            )
+        existing = next(p for p in (self.path, *self.path.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise RunDirError(
+                f"run_dir={self.path}: {existing} is a file, not a folder; choose another run_dir"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunDirError(
+                f"run_dir={self.path}: {existing} is not writable; choose a run_dir you can write"
+            )
 
     def write_config(self, cfg: Config) -> None:
-        save_json_atomic(self.path / "config.json", config_to_dict(cfg))
-        tmp = self.path / "config.yaml.tmp"
-        tmp.write_text(format_config(cfg))
-        tmp.replace(self.path / "config.yaml")
+        with self._writing("writing the config"):
+            save_json_atomic(self.path / "config.json", config_to_dict(cfg))
+            save_text_atomic(self.path / "config.yaml", format_config(cfg))
 
     def read_config(self) -> Config:
         path = self.path / "config.json"
         if not path.is_file():
             raise RunDirError(f"{self.path} has no config.json: is it a run directory?")
-        return config_from_dict(json.loads(path.read_text()), f" in {path}")
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunDirError(
+                f"{path} is not readable JSON ({err}); the file was edited or damaged: restore "
+                "it, or start a new run with another run_dir"
+            ) from None
+        if not isinstance(values, dict):
+            raise RunDirError(f"{path} does not hold a config (a JSON object); restore it")
+        return config_from_dict(values, f" in {path}")
+
+    @contextmanager
+    def _writing(self, action: str) -> Iterator[None]:
+        """Turn a failed write (full disk, read-only or missing folder) into a
+        :class:`RunDirError` that says which round a resume continues from."""
+        try:
+            yield
+        except OSError as err:
+            raise RunDirError(self._write_failure(err, action)) from None
+
+    def _write_failure(self, err: OSError, action: str) -> str:
+        where = err.filename or self.path
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            problem = f"the disk is full (no space left writing {where})"
+        else:
+            problem = f"cannot write {where} ({err.strerror or err})"
+        done = self._last_marked_round()
+        if done is None:
+            return f"{action} in {self.path}: {problem}. Fix it, or choose another run_dir."
+        complete = f"round {done} is the last complete round" if done else "no round is complete"
+        return (
+            f"{action} in {self.path}: {problem}. No file was left half-written and {complete} "
+            f"(a resume ignores the rest): fix it, then continue with --resume {self.path}"
+        )
+
+    def _last_marked_round(self) -> int | None:
+        """The round ``state.json`` names (0 before round 1); None if this is no run yet."""
+        if not (self.path / "config.json").is_file():
+            return None
+        try:
+            return int(json.loads(self.state_path.read_text())["round"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     # -- rounds ----------------------------------------------------------------------------------
 
@@ -124,10 +198,11 @@ class RunDir:
         strategy_arrays: Mapping[str, np.ndarray],
     ) -> None:
         """Write a finished round's arrays; the round counts only once :meth:`mark_complete`."""
-        for client_id, head in new_heads.items():
-            save_arrays(self.head_path(client_id, round_idx), dict(head))
-        save_arrays(self.checkpoint_path(round_idx), dict(global_weights), {"round": round_idx})
-        save_arrays(self._strategy_path(round_idx), dict(strategy_arrays))
+        with self._writing(f"saving round {round_idx}"):
+            for client_id, head in new_heads.items():
+                save_arrays(self.head_path(client_id, round_idx), dict(head))
+            save_arrays(self.checkpoint_path(round_idx), dict(global_weights), {"round": round_idx})
+            save_arrays(self._strategy_path(round_idx), dict(strategy_arrays))
 
     def mark_complete(
         self,
@@ -140,18 +215,17 @@ class RunDir:
     ) -> None:
         """Write ``state.json`` (the commit marker) for a saved round and drop superseded files."""
         strategy_file = self._strategy_path(round_idx)
-        save_json_atomic(
-            self.state_path,
-            {
-                "round": round_idx,
-                "checkpoint": str(self.checkpoint_path(round_idx).relative_to(self.path)),
-                "strategy_arrays": strategy_file.name,
-                "head_versions": {str(c): v for c, v in sorted(head_versions.items())},
-                "strategy": dict(strategy_state),
-                "elapsed_s": elapsed_s,
-                "global_is_initial": global_is_initial,
-            },
-        )
+        state = {
+            "round": round_idx,
+            "checkpoint": str(self.checkpoint_path(round_idx).relative_to(self.path)),
+            "strategy_arrays": strategy_file.name,
+            "head_versions": {str(c): v for c, v in sorted(head_versions.items())},
+            "strategy": dict(strategy_state),
+            "elapsed_s": elapsed_s,
+            "global_is_initial": global_is_initial,
+        }
+        with self._writing(f"committing round {round_idx}"):
+            save_json_atomic(self.state_path, state)
         self._prune(head_versions, keep_strategy=strategy_file)
 
     def _strategy_path(self, round_idx: int) -> Path:
@@ -172,7 +246,8 @@ class RunDir:
         return arrays
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
-        append_jsonl(self.metrics_path, dict(record))
+        with self._writing(f"recording round {record.get('round')}"):
+            append_jsonl(self.metrics_path, dict(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metrics records; a last line torn by a crash in mid-write is left out."""
@@ -202,14 +277,15 @@ class RunDir:
     def append_eval(self, round_idx: int, result: Mapping[str, Any]) -> None:
         """Record an evaluation of the global after ``round_idx`` (0: the initial model) in
         ``eval.jsonl``, and in that round's metrics line (rewritten atomically)."""
-        append_jsonl(self.eval_path, {"round": round_idx, **result})
-        records, _ = self._read_metrics_lines()
-        if not any(r.get("round") == round_idx for r in records):
-            return
-        for record in records:
-            if record.get("round") == round_idx:
-                record["eval"] = dict(result)
-        self._write_lines(self.metrics_path, records)
+        with self._writing(f"recording the evaluation of round {round_idx}"):
+            append_jsonl(self.eval_path, {"round": round_idx, **result})
+            records, _ = self._read_metrics_lines()
+            if not any(r.get("round") == round_idx for r in records):
+                return
+            for record in records:
+                if record.get("round") == round_idx:
+                    record["eval"] = dict(result)
+            self._write_lines(self.metrics_path, records)
 
     def read_evals(self) -> dict[int, dict[str, Any]]:
         """Every recorded evaluation by round (the latest if a round was evaluated twice)."""
@@ -225,19 +301,19 @@ class RunDir:
         return evals
 
     def _write_lines(self, path: Path, records: list[dict[str, Any]]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(path)
+        save_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
     def write_plot(self) -> Path:
         """``plot.png``: the relative loss per round and the evaluations of the global."""
         from .plots import plot_runs, run_curves  # matplotlib only when a run ends
 
         curves = run_curves(self.read_metrics(), self.read_evals(), "global")
-        return plot_runs([curves], self.path / "plot.png", str(self.path.name))
+        with self._writing("writing plot.png"):
+            return plot_runs([curves], self.path / "plot.png", str(self.path.name))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        save_json_atomic(self.summary_path, dict(summary))
+        with self._writing("writing summary.json"):
+            save_json_atomic(self.summary_path, dict(summary))
 
     # -- resume ----------------------------------------------------------------------------------
 
@@ -267,10 +343,10 @@ class RunDir:
             round_idx = int(state["round"])
             files = [self.path / state["checkpoint"], self.state_dir / state["strategy_arrays"]]
             versions = {int(c): int(v) for c, v in state["head_versions"].items()}
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise RunDirError(
                 f"cannot resume {self.path}: {self.state_path} is damaged ({type(err).__name__}: "
-                f"{err}). Nothing was changed."
+                f"{err}). Nothing was changed. {self._restore_hint()}"
             ) from None
         files += [self.head_path(c, v) for c, v in versions.items() if v > 0]
         missing = [str(f.relative_to(self.path)) for f in files if not f.is_file()]
@@ -280,16 +356,46 @@ class RunDir:
                 f"by {self.state_path.name} are missing: {', '.join(missing[:5])}. Nothing was "
                 "changed."
             )
+        self._check_readable(files, round_idx)
         return state
 
-    def _rounds_on_disk(self) -> set[int]:
-        """Rounds after the first that left files or metrics lines (evidence of a commit)."""
+    def _check_readable(self, files: list[Path], round_idx: int) -> None:
+        """Read every array file a resume needs; a damaged one raises :class:`RunDirError`."""
+        damaged = []
+        for path in files:
+            try:
+                load_arrays(path)
+            except CheckpointError as err:
+                damaged.append(str(err))
+        if damaged:
+            raise RunDirError(
+                f"cannot resume {self.path} from round {round_idx}, its last complete round: "
+                f"{len(damaged)} file(s) it needs are damaged: {damaged[0]}. Nothing was changed. "
+                f"Round {round_idx} is the only round this run can resume from (the client heads "
+                "and strategy state of earlier rounds are not kept): restore the file(s) from a "
+                "backup, or start a new run with another run_dir"
+            )
+
+    def _restore_hint(self) -> str:
+        """What to do when the commit marker is unreadable: the round it should name."""
+        later = self._rounds_on_disk(after=0)
+        if not later:
+            return "Start a new run with another run_dir."
+        return (
+            f"The directory holds rounds up to {max(later)} ({self._describe_rounds()}): "
+            f"restore {self.state_path.name} to resume from round {max(later)}, or start a new "
+            "run with another run_dir."
+        )
+
+    def _rounds_on_disk(self, after: int = 1) -> set[int]:
+        """Rounds after ``after`` that left files or metrics lines (after the first: evidence
+        of a commit)."""
         rounds = {int(r.get("round", 0)) for r in self._read_metrics_lines()[0]}
         rounds |= {int(m[1]) for p in self.checkpoints.glob("round-*.npz")
                    if (m := _ROUND_FILE.search(p.name))}
         rounds |= {int(m[2]) for p in self.heads_dir.glob("client-*-round-*.npz")
                    if (m := _HEAD_FILE.search(p.name))}
-        return {r for r in rounds if r > 1}
+        return {r for r in rounds if r > after}
 
     def _describe_rounds(self) -> str:
         found = [f"{len(self._read_metrics_lines()[0])} metrics.jsonl line(s)"]
@@ -310,12 +416,13 @@ class RunDir:
             raise RunDirError(f"cannot resume {self.path}: {err}. Nothing was changed.") from None
         round_idx = int(state["round"]) if state else 0
         head_versions = {int(c): int(v) for c, v in state["head_versions"].items()} if state else {}
-        self._prune(head_versions, keep_strategy=self._strategy_path(round_idx))
-        for path in self.checkpoints.glob("round-*.npz"):
-            match = _ROUND_FILE.search(path.name)
-            if match and int(match[1]) > round_idx:
-                path.unlink()
-        self._truncate_metrics(round_idx)
+        with self._writing(f"dropping the files of rounds after round {round_idx}"):
+            self._prune(head_versions, keep_strategy=self._strategy_path(round_idx))
+            for path in self.checkpoints.glob("round-*.npz"):
+                match = _ROUND_FILE.search(path.name)
+                if match and int(match[1]) > round_idx:
+                    path.unlink()
+            self._truncate_metrics(round_idx)
         if state is None:
             return None
         return ResumeState(

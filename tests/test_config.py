@@ -69,6 +69,8 @@ def test_overrides_are_typed():
         ("clients_per_round=9", r"clients_per_round=9 must be in \[1, num_clients=5\]"),
         ("strategy.alpha=1.5", r"strategy\.alpha=1\.5 must be in \[0, 1\]"),
         ("data.crop_size=100", r"data\.crop_size=100 must be a multiple of 16"),
+        ("data.root=", r"data\.root is empty: it must name a folder"),
+        ("client.lr=-1", r"client\.lr=-1\.0 must be > 0"),
     ],
 )
 def test_bad_overrides_name_the_key(text, pattern):

@@ -17,16 +17,57 @@ from ..config import Config, ConfigError
 NodeResources = Mapping[str, float]
 
 
+class RayConnectError(RuntimeError):
+    """The existing Ray cluster cannot be joined; the message says what to set."""
+
+
+AUTH_HELP = (
+    "the cluster uses token authentication and this process sent no valid token. Set, in the "
+    "shell that runs this command (and the one that runs `ray job submit`), what the cluster "
+    "was started with: export RAY_AUTH_MODE=token, and the cluster's token in "
+    "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH=<file> or RAY_AUTH_TOKEN=<token> (`ray "
+    "get-auth-token` on the head node prints it). A cluster started with RAY_AUTH_MODE=disabled "
+    "needs RAY_AUTH_MODE=disabled here too"
+)
+
+
 def start_ray(cfg: Config) -> None:
-    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally."""
+    """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally
+    with the dashboard off; a cluster that refuses us raises :class:`RayConnectError`."""
     import ray
 
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address)
+        elif address:
+            ray.init()
+        else:
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
+    except ConnectionError as err:
+        raise RayConnectError(_connect_failure(address, err)) from None
+    except ray.exceptions.AuthenticationError as err:
+        raise RayConnectError(_connect_failure(address, err)) from None
+
+
+def _connect_failure(address: str | None, err: BaseException) -> str:
+    """What went wrong joining the cluster at ``address``, and what to change."""
+    where = f"the Ray cluster at {address}" if address else "Ray"
+    if _is_auth_error(err):
+        return f"cannot connect to {where}: {AUTH_HELP}"
+    return (f"cannot connect to {where} ({err}): check that the cluster is up and that "
+            "ray.address (or RAY_ADDRESS) names its head node, or unset both to start Ray here")
+
+
+def _is_auth_error(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it was raised from is Ray refusing a missing or wrong token
+    (Ray 2.60 wraps it in ``ConnectionError`` <- ``RuntimeError`` whose text holds it)."""
+    while err is not None:
+        text = f"{type(err).__name__}: {err}"
+        if "AuthenticationError" in text or "InvalidAuthToken" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def actors_that_fit(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float) -> int:

@@ -12,12 +12,17 @@ from pathlib import Path
 
 from ..config import Config
 from .manifest import Manifest, VideoRecord, load_manifest
-from .partition import partition_videos, read_partitions
+from .partition import PartitionError, partition_videos, read_partitions
+from .prepare.common import PrepareError
 from .synthetic import ensure_synthetic_dataset, refresh_synthetic_dataset
 
 
 class DatasetMissingError(FileNotFoundError):
     """The configured dataset has not been prepared; the message says how to prepare it."""
+
+
+class ShardsError(ValueError):
+    """The clients' shards cannot be built from the config; the message names the key."""
 
 
 def manifest_path(cfg: Config) -> Path:
@@ -29,11 +34,11 @@ def manifest_path(cfg: Config) -> Path:
 def ensure_dataset(cfg: Config) -> Path:
     """The train manifest of the configured dataset; the synthetic one is generated if missing."""
     path = manifest_path(cfg)
+    root = Path(cfg.data.root)
+    if root.exists() and not root.is_dir():
+        raise DatasetMissingError(f"data.root={root} is a file; give the dataset's folder")
     if cfg.data.dataset == "synthetic":  # made if missing, remade if an older generator made it
-        if path.is_file():
-            refresh_synthetic_dataset(cfg.data.root)
-        else:
-            ensure_synthetic_dataset(cfg.data.root)
+        _ensure_synthetic(root, path.is_file())
     if not path.is_file():
         raise DatasetMissingError(
             f"no manifest at {path}: prepare the dataset first, e.g. "
@@ -41,6 +46,26 @@ def ensure_dataset(cfg: Config) -> Path:
             "(see README), or set data.root to a prepared dataset"
         )
     return path
+
+
+def _ensure_synthetic(root: Path, prepared: bool) -> None:
+    """Generate (or refresh) the synthetic dataset in ``root``; a folder of other files, or
+    one that cannot be written, is a :class:`DatasetMissingError` naming ``data.root``."""
+    try:
+        if prepared:
+            refresh_synthetic_dataset(root)
+        else:
+            ensure_synthetic_dataset(root)
+    except PrepareError as err:
+        raise DatasetMissingError(
+            f"data.root={root} is not a prepared dataset (no manifests/) and the synthetic one "
+            f"is generated only in a new or empty folder: {err} for data.root"
+        ) from None
+    except OSError as err:
+        raise DatasetMissingError(
+            f"data.root={root}: cannot write the synthetic dataset there ({err.strerror or err}: "
+            f"{err.filename or root}); choose a writable folder for data.root"
+        ) from None
 
 
 def read_file_bytes(root: Path, record: VideoRecord) -> bytes:
@@ -83,24 +108,20 @@ class ClientShards:
 
     @classmethod
     def from_config(cls, cfg: Config) -> ClientShards:
+        """Every client's videos; a partition that does not fit the run raises
+        :class:`ShardsError` naming the key to change (checked before any actor starts)."""
         manifest = load_manifest(ensure_dataset(cfg))
-        if cfg.data.partition_dir:
-            shards = read_partitions(cfg.data.partition_dir, manifest.records)
-            if len(shards) != cfg.num_clients:
-                raise ValueError(
-                    f"{cfg.data.partition_dir} holds {len(shards)} client partitions but "
-                    f"num_clients={cfg.num_clients}; set num_clients={len(shards)}"
-                )
-        else:
-            shards = partition_videos(
-                manifest.records, cfg.num_clients, cfg.data.partition, seed=cfg.seed,
-                **_partition_params(cfg),
-            )
+        shards = _read_shards(cfg, manifest) if cfg.data.partition_dir else _cut_shards(
+            cfg, manifest)
         empty = [k for k, shard in enumerate(shards) if not shard]
         if empty:
-            raise ValueError(
-                f"clients {empty} get no videos from {cfg.data.partition!r} partitioning of "
-                f"{len(manifest.records)} videos; use fewer clients or another partition"
+            source = (f"data.partition_dir={cfg.data.partition_dir} (client_dist{empty[0] + 1}"
+                      ".json is empty)" if cfg.data.partition_dir
+                      else f"data.partition={cfg.data.partition} over "
+                      f"{len(manifest.records)} videos")
+            raise ShardsError(
+                f"clients {empty} get no videos from {source}; use fewer clients (num_clients) "
+                "or another partition"
             )
         return cls(manifest, [list(s) for s in shards], cfg)
 
@@ -121,6 +142,41 @@ class ClientShards:
             f"{self.cfg.data.partition}: videos per client {_span(sizes)}, "
             f"classes per client {_span(classes)}"
         )
+
+
+def _read_shards(cfg: Config, manifest: Manifest) -> list[list[VideoRecord]]:
+    """The clients' videos from ``data.partition_dir``, one ``client_dist{k}.json`` each."""
+    folder = cfg.data.partition_dir
+    try:
+        shards = read_partitions(folder, manifest.records)
+    except PartitionError as err:
+        raise ShardsError(
+            f"data.partition_dir={folder}: {err}. Give the folder of client_dist1.json ... "
+            f"client_dist{cfg.num_clients}.json (python experiments/prepare.py partition "
+            "writes them), or leave data.partition_dir empty to partition the manifest"
+        ) from None
+    if len(shards) != cfg.num_clients:
+        raise ShardsError(
+            f"data.partition_dir={folder} holds {len(shards)} client partitions but "
+            f"num_clients={cfg.num_clients}; set num_clients={len(shards)} (and "
+            "clients_per_round at most that), or give a folder with "
+            f"{cfg.num_clients} partitions"
+        )
+    return shards
+
+
+def _cut_shards(cfg: Config, manifest: Manifest) -> list[list[VideoRecord]]:
+    """The clients' videos by ``data.partition`` of the manifest, seeded by ``seed``."""
+    try:
+        return partition_videos(
+            manifest.records, cfg.num_clients, cfg.data.partition, seed=cfg.seed,
+            **_partition_params(cfg),
+        )
+    except PartitionError as err:
+        raise ShardsError(
+            f"data.partition={cfg.data.partition} cannot give num_clients={cfg.num_clients} "
+            f"clients videos from {manifest_path(cfg)}: {err}"
+        ) from None
 
 
 def _partition_params(cfg: Config) -> dict:

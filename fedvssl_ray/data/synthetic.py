@@ -323,7 +323,7 @@ def ensure_synthetic_dataset(
         if foreign:
             raise PrepareError(
                 f"{out_dir} holds files that are not a synthetic dataset ({foreign[:3]}); "
-                "choose an empty or new folder for --out"
+                "choose an empty or new folder"
             )
         for name in _OWNED - {STAMP_NAME}:
             shutil.rmtree(out_dir / name, ignore_errors=True)
