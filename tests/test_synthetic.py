@@ -93,7 +93,8 @@ def test_a_single_frame_does_not_reveal_the_class_but_motion_does():
     assert np.ptp(stats.mean(axis=1)) < 3 * stats.std()
 
     # Translation classes 0 (rightwards) and 4 (leftwards): their mean horizontal shift of
-    # frame differences points the right way.
+    # frame differences points the right way (diluted by the background's random pan, whose
+    # cell edges also move).
     def horizontal_flow(video: np.ndarray) -> float:
         grey = video.mean(axis=-1)
         dt, dx = grey[1:] - grey[:-1], np.gradient(grey, axis=2)[:-1]
@@ -101,7 +102,7 @@ def test_a_single_frame_does_not_reveal_the_class_but_motion_does():
 
     right = np.mean([horizontal_flow(v) for v in videos[0]])
     left = np.mean([horizontal_flow(v) for v in videos[4]])
-    assert right > 0.2 and left < -0.2
+    assert right > 0.15 and left < -0.15
 
 
 def test_decoded_frames_match_the_rendered_ones(tmp_path):

@@ -1,7 +1,8 @@
 """The built-in dataset: short videos whose class is a kind of motion, laid out like UCF-101.
 
 Every video shows two textured objects (ellipses or rectangles with random colour textures)
-over a muted, coarser textured background that pans in a random direction. The class decides only
+over a background mosaic of flat coloured cells (version 3; version 2's fine, muted texture hid
+every CtP patch cut from it) that pans in a random direction. The class decides only
 how the objects move, in one of four families, each with direction or speed variants:
 
 * ``Translate<deg>``: both objects drift in the class's direction (wrapping around the frame);
@@ -43,7 +44,7 @@ import numpy as np
 from fedvssl_ray.data.prepare.common import PrepareError
 from fedvssl_ray.data.prepare.ucf101 import prepare_ucf101
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP_NAME = "synthetic.json"
 FAMILIES = ("Translate", "Rotate", "Zoom", "Orbit")
 CLIPS_PER_GROUP = 2
@@ -174,6 +175,24 @@ def _smooth_texture(rng: np.random.Generator, height: int, width: int, cell: int
     return np.clip(top * (1 - fy) + bottom * fy + grain, 0, 255)
 
 
+def _cell_texture(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Seamlessly periodic mosaic (float32 0..255): flat random colours in toroidal Voronoi
+    cells, lightly shaded and grained. Every region has edges and a colour of its own, so a
+    CtP patch cut from the background stands out wherever it is pasted (on a fine uniform
+    texture it would be invisible and its trajectory unlearnable)."""
+    seeds = rng.random((cells, 2), dtype=np.float32) * np.array([height, width], np.float32)
+    colours = rng.uniform(25, 230, (cells, 3)).astype(np.float32)
+    ys = np.arange(height, dtype=np.float32)[:, None, None]
+    xs = np.arange(width, dtype=np.float32)[None, :, None]
+    dy = _wrap(ys - seeds[None, None, :, 0], height)
+    dx = _wrap(xs - seeds[None, None, :, 1], width)
+    dist = dy * dy + dx * dx  # [H, W, cells]
+    nearest = np.argmin(dist, axis=2)
+    shade = 1 - 0.25 * np.sqrt(np.min(dist, axis=2)) / max(height, width) * math.sqrt(cells)
+    grain = 16 * rng.random((height, width, 3), dtype=np.float32) - 8
+    return np.clip(colours[nearest] * shade[..., None] + grain, 0, 255)
+
+
 def _wrap(d: np.ndarray, period: float) -> np.ndarray:
     """Signed toroidal difference in [-period/2, period/2)."""
     return (d + period / 2) % period - period / 2
@@ -192,7 +211,7 @@ def render_video(spec: SyntheticSpec, label: int, video: int) -> np.ndarray:
 
     # Background: a periodic texture twice the frame size, panned at a random velocity
     # (independent of the class); tiled 2x2 so every frame is one contiguous window.
-    bg = 70 + 0.45 * _smooth_texture(rng, 2 * height, 2 * width, cell=max(4, short // 8))
+    bg = _cell_texture(rng, 2 * height, 2 * width, cells=32)
     tiled = np.tile(bg, (2, 2, 1))
     pan_angle, pan_speed = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.6) * short / 120
     oy = np.round(tau * pan_speed * math.sin(pan_angle)).astype(np.intp) % (2 * height)
