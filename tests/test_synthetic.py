@@ -154,3 +154,24 @@ def test_a_run_remakes_a_dataset_of_an_older_generator_with_its_sizes(tmp_path):
     assert json.loads((root / "synthetic.json").read_text()) == stamp
     assert not (root / "eval-cache").exists()
     assert len(load_manifest(root / "manifests" / "train_split1.parquet").records) == 4
+
+
+def test_show_clips_draws_a_clients_clips_with_their_patch_boxes(tmp_path, monkeypatch, capsys):
+    """``experiments/show_clips.py`` as a user runs it (in-process, its folder on the path)."""
+    import importlib.util
+
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location("show_clips", REPO / "experiments" / "show_clips.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    root = ensure_synthetic_dataset(tmp_path / "s", **TINY)
+    common = [f"data.root={root}", "num_clients=2", "clients_per_round=2"]
+    out = tmp_path / "pics" / "clips.png"
+    assert cli.main([*common, f"out={out}", "clips=2", "step=4", "zoom=2"]) == 0
+    with Image.open(out) as image:  # 2 rows of 64x64 clips, frames 0, 4, 8, 12, zoomed x2
+        assert image.size == (4 * 128, 2 * 128)
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*common, "client=5"])
+    assert stop.value.code == 2 and "num_clients=2" in capsys.readouterr().err
