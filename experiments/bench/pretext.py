@@ -1,0 +1,93 @@
+"""Can CtP leave the all-zero predictor at CPU scale? One model, one stream, fresh clips.
+
+It builds the run's CtP model at its seeded init (``seeded_ctp_model``) and the clip stream of
+client 0 of ``--config PRESET [key=value ...]`` (with ``num_clients=1``: the whole train split,
+no federation), then trains on epoch after epoch of new clips (the stream's epoch ``e`` of round
+``e``: new frames, augmentations and patches every time, never a replayed clip) with SGD
+(momentum 0.9, the config's lr, weight decay and grad clip) or AdamW. Every ``--every`` steps it
+prints the mean CtP loss relative to the all-zero predictor's on the same batches (1.0: nothing
+learnt) and the mean |prediction|, until ``--steps`` or ``--budget-s``. ``--target-scale K``
+multiplies CtP's target stds by K (targets K times smaller: smooth-L1's quadratic range instead of
+its L1 range), a probe of the loss's scale, not a training option. Output: one line per report and
+a JSON list with ``--out``.
+
+examples:
+  python experiments/bench/pretext.py --steps 720 --optimizer adamw client.lr=3e-4 model.head_init_std=0.01
+  python experiments/bench/pretext.py --steps 480 client.lr=0.01 model.head_init_std=0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fedvssl_ray.checkpoint import save_json_atomic
+from fedvssl_ray.config import load_config
+from fedvssl_ray.data.shards import ClientShards
+from fedvssl_ray.models import ctp
+from fedvssl_ray.training.client import seeded_ctp_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="synthetic", help="preset or config file")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    parser.add_argument("--steps", type=int, default=480)
+    parser.add_argument("--every", type=int, default=48, help="steps per report")
+    parser.add_argument("--budget-s", type=float, default=0.0, help="stop after this (0: never)")
+    parser.add_argument("--target-scale", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", help="JSON file for the reports")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [*args.overrides, "num_clients=1", "clients_per_round=1",
+                                    "client.replay=false"])
+    ctp.TARGET_STDS = tuple(args.target_scale * s for s in ctp.TARGET_STDS)
+    stream = ClientShards.from_config(cfg).stream_factory()(0)
+    model = seeded_ctp_model(cfg)
+    model.train()
+    c = cfg.client
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+                 if args.optimizer == "adamw" else
+                 torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+                                 weight_decay=c.weight_decay))
+    reports, loss_sum, zero_sum, pred_sum, step, start = [], 0.0, 0.0, 0.0, 0, time.perf_counter()
+    epoch = 0
+    while step < args.steps:
+        epoch += 1
+        for batch in stream.batches(epoch, 0):
+            preds = model(batch["imgs"], ctp.make_rois(batch["gt_trajs"]))
+            loss = ctp.ctp_loss(preds, batch["gt_trajs"], batch["gt_weights"])["loss"]
+            with torch.no_grad():
+                zero = ctp.ctp_loss(torch.zeros_like(preds), batch["gt_trajs"],
+                                    batch["gt_weights"])["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_sum, zero_sum = loss_sum + loss.item(), zero_sum + zero.item()
+            pred_sum += preds.detach().abs().mean().item()
+            if step % args.every == 0:
+                elapsed = time.perf_counter() - start
+                reports.append({"step": step, "relative_loss": loss_sum / zero_sum,
+                                "mean_abs_pred": pred_sum / args.every, "elapsed_s": elapsed})
+                print(f"step {step}: loss {loss_sum / zero_sum:.3f} of the zero predictor's, "
+                      f"mean |pred| {pred_sum / args.every:.3f}, {elapsed:.0f} s", flush=True)
+                loss_sum = zero_sum = pred_sum = 0.0
+            if step >= args.steps or (args.budget_s and time.perf_counter() - start > args.budget_s):
+                break
+        if args.budget_s and time.perf_counter() - start > args.budget_s:
+            break
+    if args.out:
+        save_json_atomic(args.out, reports)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
