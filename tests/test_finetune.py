@@ -58,7 +58,7 @@ def test_presets_fine_tune_as_the_paper_and_cpu_sized():
     assert parse_lr_steps(f.lr_steps) == (60, 120)
     assert (f.batch_size, f.clip_len, f.stride, f.crop_size, f.num_gpus) == (4, 16, 2, 112, 1.0)
     synthetic = load_config("synthetic")
-    assert synthetic.finetune.epochs <= 5 and synthetic.finetune.num_gpus == 0
+    assert synthetic.finetune.epochs <= 12 and synthetic.finetune.num_gpus == 0
     assert finetune_data(synthetic).data == synthetic.data  # defaults: the pretraining data
     k400 = finetune_data(load_config("k400"))
     assert (k400.data.dataset, k400.data.split) == ("ucf101", 1)
