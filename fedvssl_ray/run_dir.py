@@ -198,11 +198,16 @@ class RunDir:
         strategy_arrays: Mapping[str, np.ndarray],
     ) -> None:
         """Write a finished round's arrays; the round counts only once :meth:`mark_complete`."""
+        for client_id, head in new_heads.items():
+            self.save_head(client_id, round_idx, head)
         with self._writing(f"saving round {round_idx}"):
-            for client_id, head in new_heads.items():
-                save_arrays(self.head_path(client_id, round_idx), dict(head))
             save_arrays(self.checkpoint_path(round_idx), dict(global_weights), {"round": round_idx})
             save_arrays(self._strategy_path(round_idx), dict(strategy_arrays))
+
+    def save_head(self, client_id: int, round_idx: int, head: Mapping[str, np.ndarray]) -> None:
+        """Write a client's head trained in ``round_idx`` (part of that round's files)."""
+        with self._writing(f"saving round {round_idx}"):
+            save_arrays(self.head_path(client_id, round_idx), dict(head))
 
     def mark_complete(
         self,
@@ -423,12 +428,19 @@ class RunDir:
                 if match and int(match[1]) > round_idx:
                     path.unlink()
             self._truncate_metrics(round_idx)
+            self._drop_temp_files()
         if state is None:
             return None
         return ResumeState(
             round_idx, weights, head_versions, state["strategy"], strategy_arrays,
             float(state.get("elapsed_s", 0.0)), bool(state.get("global_is_initial", False)),
         )
+
+    def _drop_temp_files(self) -> None:
+        """Delete the temporary files of atomic writes cut short by a killed process."""
+        for folder in (self.path, self.checkpoints, self.state_dir, self.heads_dir):
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
 
     def _truncate_metrics(self, last_round: int) -> None:
         """Keep only the metrics and evaluation lines of complete rounds (a killed run may have

@@ -2,9 +2,12 @@
 
 For each backbone, the same N rounds of K clients run twice on the same synthetic data: the plain
 loop (one process, all cores' torch threads: the limit on one machine) and the Ray engine (driver
-actor + client actors). Reported: steady-state seconds per round (rounds 2..N), their ratio, the
-split of an engine round, and the time from launch to the first round. ``--scaling`` runs 10, 100
-and 1000 total clients (5 per round, small backbone) and reports round time and memory.
+actor + client actors). Each client runs the ``synthetic`` preset's local training: 4 local epochs
+of its shard every round (``client.local_epochs=4``, batch 4). Reported: steady-state seconds per
+round (rounds 2..N), their ratio, the split of an engine round (critical path: broadcast, clients,
+aggregate, checkpoint hand-off; off it: the writer's head fetch and write), the local steps per
+client and round, and the time from launch to the first round. ``--scaling`` runs 10, 100 and 1000
+total clients (5 per round, small backbone) and reports round time and memory.
 
     python experiments/bench/rounds.py                 # both backbones, then nothing else
     python experiments/bench/rounds.py --scaling       # client-count scaling only
@@ -79,9 +82,20 @@ def run_engine_bench(cfg: Config) -> dict:
             "first_round_s": first_round[0], "memory": memory}
 
 
+SPLIT_KEYS = ("broadcast_s", "train_s", "clients_s", "aggregate_s", "checkpoint_s",
+              "head_fetch_s", "write_s")
+"""A round's time fields: on the critical path up to ``checkpoint_s`` (waiting for or doing the
+round's writes), then the background writer's (absent where the round loop writes itself)."""
+
+
 def split(records: list[dict]) -> dict[str, float]:
-    keys = ("broadcast_s", "train_s", "aggregate_s", "checkpoint_s")
-    return {k: round(steady(records, k), 3) for k in keys if k in records[-1]["time"]}
+    return {k: round(steady(records, k), 3) for k in SPLIT_KEYS if k in records[-1]["time"]}
+
+
+def local_work(records: list[dict]) -> dict[str, int]:
+    """Local steps per client in a round (all local epochs), as the clients reported them."""
+    steps = [u["steps"] for u in records[-1]["updates"]]
+    return {"steps_per_client_min": min(steps), "steps_per_client_max": max(steps)}
 
 
 def overhead(args, work: Path, init_s: float) -> list[dict]:
@@ -102,6 +116,10 @@ def overhead(args, work: Path, init_s: float) -> list[dict]:
                 "plain_round_s": round(steady(plain["records"]), 3),
                 "engine_round_s": round(steady(engine["records"]), 3),
                 "engine_split": split(engine["records"]),
+                "plain_split": split(plain["records"]),
+                "local_epochs": cfg.client.local_epochs,
+                **local_work(engine["records"]),
+                "engine_wall_s": round(engine["wall_s"], 2),
                 "first_round_after_launch_s": round(engine["first_round_s"] + init_s, 2),
                 "ray_init_s": round(init_s, 2),
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import ray
@@ -52,14 +53,19 @@ class ClientActor:
         head_version: int = 0,
         head: Mapping[str, np.ndarray] | None = None,
         threads: int = 0,
-    ) -> ClientResult | NeedHead:
-        """One local round of ``client_id``; see :meth:`ClientWorker.train`."""
+    ) -> tuple[ClientResult | NeedHead, Weights | None]:
+        """One local round of ``client_id`` (see :meth:`ClientWorker.train`), and apart from
+        the result its new head: called with ``num_returns=2``, the head stays in this node's
+        object store until the driver's writer fetches it, off the round's critical path."""
         if (client_id, round_idx) in self.crash_on:
             os._exit(1)
-        return self.worker.train(
+        result = self.worker.train(
             global_weights, round_idx, client_id, head_version=head_version, head=head,
             threads=threads,
         )
+        if isinstance(result, NeedHead):
+            return result, None
+        return replace(result, head=None), result.head
 
     def memory(self) -> dict[str, float]:
         """Peak resident memory of this actor process and the clients it caches."""

@@ -2,7 +2,8 @@
 
 :func:`start_driver` creates the client actors and the driver actor at the same time, so their
 processes start (and import torch, build models) concurrently; the driver itself never loads
-torch: it only samples, aggregates numpy arrays and writes the run directory.
+torch: it only samples, aggregates numpy arrays and writes the run directory (on one background
+thread while the next round trains; client heads come to it from the object store only there).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ are spread so that no actor idles while another has work queued, and an actor wh
 out of work gets their torch threads for its next client. One ``ray.put`` of the global per
 round; results are gathered with ``ray.wait`` and an optional deadline. A client whose actor dies
 or raises is dropped from the round; the actor restarts (``max_restarts``) and its clients'
-heads are sent again from the driver on their next round.
+heads are sent again from the driver on their next round. A client's new head is a second
+return of its call: owned by the driver (so it outlives an actor crash) but left in the object
+store where it was made, and fetched only by the driver's background writer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -99,6 +102,16 @@ def plan_threads(
     return thread_plan(queues, steps, budget)
 
 
+@dataclass(frozen=True)
+class RemoteHead:
+    """A client's head in the object store (a :class:`~fedvssl_ray.training.messages.HeadRef`)."""
+
+    ref: ray.ObjectRef
+
+    def fetch(self) -> Weights:
+        return ray.get(self.ref)
+
+
 class RayRunner:
     """Creates the client actors once and trains each round's clients on them."""
 
@@ -159,7 +172,7 @@ class RayRunner:
         threads = plan_threads(
             self.cfg, queues, self.client_steps, self.thread_budget, self.single_node
         )
-        pending: dict[ray.ObjectRef, tuple[int, int]] = {}
+        pending: dict[ray.ObjectRef, tuple[int, int, ray.ObjectRef]] = {}
         results: list[ClientResult] = []
         failures: dict[int, str] = {}
         deadline = start + self.cfg.round_timeout_s if self.cfg.round_timeout_s else None
@@ -168,11 +181,11 @@ class RayRunner:
             if actor in self.restarting and not self._await_restart(actor):
                 failures[client_id] = "client actor did not come back after a crash"
                 return
-            ref = self.actors[actor].train.remote(
+            ref, head_ref = self.actors[actor].train.options(num_returns=2).remote(
                 global_ref, round_idx, client_id, head_version=heads.version(client_id),
                 head=head, threads=threads[client_id],
             )
-            pending[ref] = (actor, client_id)
+            pending[ref] = (actor, client_id, head_ref)
 
         for actor, queue in enumerate(queues):
             if queue:
@@ -183,7 +196,7 @@ class RayRunner:
             if not ready:
                 self._expire(pending, queues, failures, round_idx, emit)
                 break
-            actor, client_id = pending.pop(ready[0])
+            actor, client_id, head_ref = pending.pop(ready[0])
             try:
                 result = ray.get(ready[0])
             except (RayActorError, RayTaskError) as err:  # the ref is ready: no timeout
@@ -194,9 +207,9 @@ class RayRunner:
                       "error": failures[client_id]})
             else:
                 if isinstance(result, NeedHead):
-                    dispatch(actor, client_id, head=ray.put(heads.get(client_id)))
+                    dispatch(actor, client_id, head=self._head_ref(heads, client_id))
                     continue
-                results.append(result)
+                results.append(replace(result, head=RemoteHead(head_ref)))
                 emit({"type": "client_done", "round": round_idx, "client": client_id,
                       "loss": result.update.loss, "done": len(results) + len(failures),
                       "total": len(client_ids)})
@@ -204,6 +217,13 @@ class RayRunner:
                 dispatch(actor, queues[actor].pop(0))
         timings = {"broadcast_s": broadcast_s, "train_s": time.perf_counter() - start - broadcast_s}
         return RoundOutcome(results, failures, timings)
+
+    @staticmethod
+    def _head_ref(heads: HeadSource, client_id: int) -> ray.ObjectRef:
+        """The client's latest head for a resend: its object while its write is pending, else
+        the weights read from the run directory, put once."""
+        head = heads.get(client_id)
+        return head.ref if isinstance(head, RemoteHead) else ray.put(head)
 
     def _await_restart(self, actor: int, timeout_s: float = 120.0) -> bool:
         """Wait until a crashed actor answers again (its constructor re-ran)."""
@@ -221,9 +241,9 @@ class RayRunner:
     def _expire(self, pending, queues, failures, round_idx: int, emit: EventSink) -> None:
         """The deadline passed: drop late and queued clients; restart the late actors."""
         late = {c: f"timed out after round_timeout_s={self.cfg.round_timeout_s}"
-                for _, c in pending.values()}
+                for _, c, _ in pending.values()}
         late.update({c: "not started before the round deadline" for q in queues for c in q})
-        for actor in {a for a, _ in pending.values()}:
+        for actor in {a for a, _, _ in pending.values()}:
             ray.kill(self.actors[actor], no_restart=False)
             self.restarting.add(actor)
         for queue in queues:

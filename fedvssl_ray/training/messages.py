@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from ..aggregation import ClientUpdate, Weights
 
 
+class HeadRef(Protocol):
+    """A head left where it was trained (a Ray object), fetched only to be written to disk."""
+
+    def fetch(self) -> Weights: ...
+
+
+Head = Weights | HeadRef
+"""A client's head in a result: the weights themselves in process, else a reference to them."""
+
+
+def head_weights(head: Head) -> Weights:
+    """The weights behind ``head``: in-process weights as they are, a reference fetched."""
+    return head if isinstance(head, Mapping) else head.fetch()
+
+
 @dataclass(frozen=True)
 class ClientResult:
-    """A finished local round: the update for the server, the new head, and timings."""
+    """A finished local round: the update for the server, the new head (or where it is kept),
+    and timings."""
 
     update: ClientUpdate
-    head: Weights
+    head: Head | None
     steps: int
     timings: dict[str, float] = field(default_factory=dict)
     zero_loss: float | None = None  # mean loss of the all-zero predictor on the same clips

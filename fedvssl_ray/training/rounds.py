@@ -1,16 +1,18 @@
 """The federated round loop, independent of where clients run.
 
 Each round: sample clients (seeded by (seed, round)), let a :class:`ClientRunner` train them from
-the current global, aggregate the successful updates with the configured strategy, persist the
-round (checkpoint, heads, strategy state, metrics line) and report progress. The Ray engine and
-the plain in-process loop differ only in their runner, so they compute the same weights.
+the current global, aggregate the successful updates with the configured strategy, hand the round
+(checkpoint, heads, strategy state, metrics line) to the background writer and report progress;
+the next round trains while it is written (:mod:`.commit`). The Ray engine and the plain
+in-process loop differ only in their runner, so they compute the same weights.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from ..aggregation import NoValidUpdatesError, Weights, make_strategy
 from ..config import Config
 from ..run_dir import RunDir
+from .commit import BackgroundWriter, HeadSource, RoundCommit, write_round
 from .evaluator import (
     EvalResult,
     RoundEvaluator,
@@ -34,24 +37,6 @@ EventSink = Callable[[dict[str, Any]], None]
 
 class RunStopped(RuntimeError):
     """The run cannot go on (too few clients succeeded twice in a row); state is kept to resume."""
-
-
-class HeadSource:
-    """Where a client's latest head lives on the driver side: this round's returns, or disk."""
-
-    def __init__(self, run_dir: RunDir, versions: Mapping[int, int]) -> None:
-        self.run_dir = run_dir
-        self.versions = dict(versions)
-        self.fresh: dict[int, Weights] = {}
-
-    def version(self, client_id: int) -> int:
-        return self.versions.get(client_id, 0)
-
-    def get(self, client_id: int) -> Weights:
-        """The head at :meth:`version` (never called for version 0, the common init)."""
-        if client_id in self.fresh:
-            return self.fresh[client_id]
-        return self.run_dir.load_head(client_id, self.version(client_id))
 
 
 @dataclass
@@ -109,9 +94,22 @@ class FederatedRun:
         self.evaluator = evaluator
         self.eval_rounds = eval_rounds(cfg) if evaluator is not None else set()
         self.evals: dict[int, EvalResult] = {}
+        self.writer = BackgroundWriter()
 
     def run(self) -> dict[str, Any]:
-        """Run (or resume) to the last round; returns the summary also written to disk."""
+        """Run (or resume) to the last round; returns the summary also written to disk.
+
+        Every round handed to the writer is committed before this returns or raises (a writer
+        failure is raised instead); a round still training is left uncommitted.
+        """
+        try:
+            summary = self._run_rounds()
+        finally:
+            self.writer.close()
+        self.emit({"type": "done", "summary": summary})
+        return summary
+
+    def _run_rounds(self) -> dict[str, Any]:
         started = time.perf_counter()
         resume = self.run_dir.load_resume_state() if self.cfg.resume else None
         if resume is None:
@@ -133,10 +131,10 @@ class FederatedRun:
                 self.evaluator.submit(round_idx, global_weights)
             self._collect_evaluations(wait=False)
         self._collect_evaluations(wait=True)
+        self.writer.drain()
         summary = self._summary(time.perf_counter() - started + elapsed)
         self.run_dir.write_summary(summary)
         self.run_dir.write_plot()
-        self.emit({"type": "done", "summary": summary})
         return summary
 
     def _start_evaluation(self, initial: Weights | None) -> None:
@@ -164,7 +162,8 @@ class FederatedRun:
 
     def _record_evaluation(self, round_idx: int, result: EvalResult) -> None:
         self.evals[round_idx] = result
-        self.run_dir.append_eval(round_idx, result)
+        # through the writer: after the round's metrics line, never beside another write of it
+        self.writer.submit(partial(self.run_dir.append_eval, round_idx, result))
         kind = "eval_failed" if "error" in result else "eval_done"
         self.emit({"type": kind, "round": round_idx, "result": result,
                    "initial": self.evals.get(0)})
@@ -225,11 +224,9 @@ class FederatedRun:
         accepted = {int(c["client_id"]) for c in report.get("clients", ())}
         if accepted:
             self.global_is_initial = False
-        for r in outcome.results:
-            if r.update.client_id in accepted:
-                heads.versions[r.update.client_id] = round_idx
-                heads.fresh[r.update.client_id] = r.head
-        new_heads = {c: heads.fresh[c] for c in heads.fresh if heads.versions[c] == round_idx}
+        new_heads = {r.update.client_id: r.head for r in outcome.results
+                     if r.update.client_id in accepted}
+        heads.record(round_idx, new_heads)
         record = {
             "round": round_idx,
             "status": status,
@@ -246,20 +243,19 @@ class FederatedRun:
             "aggregation": report,
             "failed": {str(c): msg for c, msg in outcome.failures.items()},
         }
-        self.run_dir.save_round(round_idx, new_global, new_heads, self.strategy.state_arrays())
+        self.writer.drain()  # the previous round's write: at most one round waits in memory
         done = time.perf_counter()
         record["time"] = {
             "round_s": done - round_start,
             **{k: round(v, 4) for k, v in outcome.timings.items()},
-            "checkpoint_s": done - aggregated,
+            "checkpoint_s": done - aggregated,  # on the critical path: waiting for the writer
         }
-        # metrics line before the commit marker: a resume drops lines of unmarked rounds
-        self.run_dir.append_metrics(record)
-        self.run_dir.mark_complete(
-            round_idx, heads.versions, self.strategy.state_dict(),
-            elapsed + time.perf_counter() - started, global_is_initial=self.global_is_initial,
+        commit = RoundCommit(
+            round_idx, new_global, new_heads, self.strategy.state_arrays(), record,
+            dict(heads.versions), self.strategy.state_dict(), elapsed + done - started,
+            self.global_is_initial,
         )
-        heads.fresh.clear()
+        self.writer.submit(partial(write_round, self.run_dir, commit, heads))
         self.emit({"type": "round_end", "round": round_idx, "rounds": cfg.rounds,
                    "mean_loss": record["mean_loss"], "relative_loss": record["relative_loss"],
                    "round_s": done - round_start, "failed": sorted(outcome.failures),
