@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,8 @@ class ProgressPrinter:
             print(f"  client {event['client']:>4} done ({event['done']}/{event['total']}) "
                   f"loss {event['loss']:.4f}", flush=True)
         elif kind == "client_failed":
-            print(f"  client {event['client']:>4} FAILED: {event['error']}", flush=True)
+            print(f"  client {event['client']:>4} FAILED: {short_failure(event['error'])}",
+                  flush=True)
         elif kind == "retry":
             print(f"  only {event['accepted']} update(s) accepted (min_clients="
                   f"{self.cfg.min_clients}); retrying the round once", flush=True)
@@ -160,6 +162,18 @@ class ProgressPrinter:
         print(f"final global checkpoint: {summary['checkpoint']}")
         print(f"metrics: {Path(summary['run_dir']) / 'metrics.jsonl'}; "
               f"summary: {Path(summary['run_dir']) / 'summary.json'}")
+
+
+def short_failure(error: str) -> str:
+    """A client's failure in one line: Ray's text on a dead actor loses the actor id and the
+    boilerplate (the full text is in metrics.jsonl); anything else is shown as it is."""
+    prefix = "client actor died: "
+    if not error.startswith(prefix):
+        return error
+    reason = re.sub(r"The actor [0-9a-f]+ is (unavailable|dead): ", "", error[len(prefix):])
+    reason = reason.replace(" The task may or may not have been executed on the actor.", "")
+    return (f"its actor process died ({reason.rstrip('.')}); the actor restarts and the client "
+            "rejoins a later round")
 
 
 def format_eval(result: dict) -> str:

@@ -31,10 +31,47 @@ AUTH_HELP = (
 )
 
 
+REPORTED_BY_THE_RUN = (
+    "A worker died or was killed while executing a task by an unexpected system error",
+    "Failed to send wait complete",
+)
+"""Starts of the Ray lines this process leaves out: the raylet's paragraph on a worker process
+that died, and its RPC error to the dead process that follows. The run reports the failure in
+one line of its own (``client N FAILED: ...``, the reason in metrics.jsonl; a dead driver,
+evaluation or fine-tuning worker ends in an error that names it)."""
+
+
 def start_ray(cfg: Config) -> None:
     """Join ``ray.address`` (or the job's cluster under ``ray job submit``), else start locally
-    with the dashboard off; a cluster that refuses us raises :class:`RayConnectError`."""
+    with the dashboard off; a cluster that refuses us raises :class:`RayConnectError`.
+
+    Ray's notice that a new local cluster turned token authentication on (printed when
+    ``RAY_AUTH_MODE`` is unset; the README explains what it means for later clusters) and its
+    lines in :data:`REPORTED_BY_THE_RUN` are left out of this process's output; every other Ray
+    message, warnings and errors included, is printed as before.
+    """
+    import logging
+
     import ray
+    from ray._private import worker as ray_worker
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is not None and not hasattr(printer, "reported_by_the_run"):
+
+        def print_to_stdstream(data, *args, **kwargs):
+            if data.get("pid") == "raylet":
+                lines = [line for line in data.get("lines", ())
+                         if not any(text in line for text in REPORTED_BY_THE_RUN)]
+                if not lines:
+                    return
+                data = {**data, "lines": lines}
+            printer(data, *args, **kwargs)
+
+        print_to_stdstream.reported_by_the_run = True
+        ray_worker.print_to_stdstream = print_to_stdstream  # before ray.init binds it
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     try:
