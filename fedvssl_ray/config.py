@@ -77,6 +77,11 @@ class DataConfig:
     dirichlet_alpha: float = 0.1
     classes_per_client: int = 2
     loader: Literal["local", "ray_data"] = "local"
+    # decode worker processes making one client actor's clips (loader=ray_data: Ray Data tasks at
+    # once, 0: 2), taken from its client.num_cpus with one CPU left to training: -1 (automatic)
+    # is num_cpus - 1 on GPU clients (set client.num_cpus to the node's CPUs per GPU share) and
+    # 0 (in the training process) on CPU clients; never changes the clips
+    decode_workers: int = -1
 
 
 @dataclass(frozen=True)
@@ -467,6 +472,7 @@ def validate(cfg: Config) -> None:
     require(d.split in (1, 2, 3), f"data.split={d.split} is not allowed; choose one of [1, 2, 3]")
     require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha={d.dirichlet_alpha} must be > 0")
     require(d.classes_per_client >= 1, "data.classes_per_client must be >= 1")
+    validate_decode_workers(d.decode_workers, c)
     require(cfg.model.head_init_std > 0, f"model.head_init_std={cfg.model.head_init_std} must be > 0")
     e = cfg.eval
     require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0: no evaluation during pretraining)")
@@ -478,6 +484,26 @@ def validate(cfg: Config) -> None:
     require(e.num_cpus >= 0 and e.num_gpus >= 0, "eval.num_cpus and eval.num_gpus must be >= 0")
     validate_finetune(cfg.finetune)
     require(cfg.ray.num_cpus >= 0, "ray.num_cpus must be >= 0 (0: all cores)")
+
+
+def validate_decode_workers(workers: int, c: ClientConfig) -> None:
+    """``data.decode_workers`` must fit in the client actor's CPUs next to its training."""
+    require(workers >= -1, f"data.decode_workers={workers} must be >= 0, or -1 (automatic)")
+    if workers <= 0:
+        return
+    share = int(c.num_cpus + 1e-9)
+    require(
+        workers + 1 <= share,
+        f"data.decode_workers={workers} worker processes and the training process need "
+        f"{workers + 1} CPUs, but each client actor reserves client.num_cpus={c.num_cpus:g}: set "
+        f"client.num_cpus>={workers + 1} or data.decode_workers<={max(0, share - 1)}",
+    )
+    require(
+        c.num_gpus > 0 or 1 <= c.torch_threads <= share - workers,
+        f"data.decode_workers={workers} on CPU clients shares client.num_cpus={c.num_cpus:g} with "
+        f"the training threads: set client.torch_threads to 1..{share - workers}, or "
+        "data.decode_workers=0",
+    )
 
 
 def parse_lr_steps(text: str, epochs: int | None = None) -> tuple[int, ...]:

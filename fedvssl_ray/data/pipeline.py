@@ -8,13 +8,21 @@
 * :func:`epoch_plan` is the seeded order of one epoch, padded to whole batches by repeating
   its first entries (T = ceil(n/B) full iterations, as the FedVSSL baseline).
 * :func:`iter_ctp_batches` makes the batches in this process (optionally with a small thread
-  pool: PyAV and torch release the GIL); :func:`iter_ray_data_batches` makes the same clips in
-  Ray Data tasks. Both draw every sample's randomness from
+  pool: PyAV and torch release the GIL); :func:`iter_process_batches` in decode worker
+  processes that the consumer owns (a ``torch.utils.data.DataLoader``);
+  :func:`iter_ray_data_batches` in Ray Data tasks. All draw every sample's randomness from
   ``sample_rng(seed, client, round, epoch, position)``, so they yield identical tensors.
 * :class:`ClipStream` is what a training actor keeps across rounds: ``batches(round, epoch)``.
 
 A video whose decode fails mid-epoch is dropped from its batch (which comes out smaller),
-logged, counted and left out of later epochs, identically in both pipelines.
+logged, counted and left out of later epochs, identically in every pipeline.
+
+Decode worker processes are forked at the start of each epoch and end with it: they inherit the
+cached shard without a copy, see no other client's shard (an actor serves several), and hold no
+memory between rounds; the start costs a fraction of a CPU-second per epoch (docs/BENCHMARKS.md,
+"Clip supply"). Each makes whole batches with one torch thread (the ``DataLoader`` sets it); at
+most two batches per worker are in flight, returned through shared memory (``/dev/shm``: a
+container needs room for them).
 
 Ray Data on small machines: client actors may hold every CPU, and map tasks that ask for a CPU
 would then wait forever. The map tasks therefore reserve ``task_cpus=0`` CPUs by default and
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -344,6 +353,69 @@ def iter_ctp_batches(
             samples = {}
 
 
+class _EpochBatches(torch.utils.data.Dataset):
+    """An epoch's batches by index, made in a decode worker: ``(batch or None, failed)``, where
+    ``failed`` lists ``(video index, error)`` of the clips whose decode failed."""
+
+    def __init__(self, cache: ShardCache, plan: np.ndarray, maker: ClipMaker, batch_size: int) -> None:
+        self.cache, self.plan, self.maker, self.batch_size = cache, plan, maker, batch_size
+        self.videos = cache.videos
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.plan) / self.batch_size)
+
+    def __getitem__(
+        self, index: int
+    ) -> tuple[dict[str, torch.Tensor] | None, list[tuple[int, str]]]:
+        start = index * self.batch_size
+        chosen = self.plan[start : start + self.batch_size].tolist()
+        imgs = np.empty((len(chosen), *self.maker.slot_shape()), np.float32)
+        samples: dict[int, dict[str, np.ndarray]] = {}
+        failed = []
+        for slot, v in enumerate(chosen):
+            result = self.maker(self.videos[v], self.cache.payload(v), start + slot, imgs[slot])
+            if isinstance(result, str):
+                failed.append((v, result))
+            else:
+                samples[slot] = result
+        return (_collate(imgs, samples) if samples else None), failed
+
+
+def _fork_context() -> multiprocessing.context.BaseContext | None:
+    """``fork`` where the platform has it: workers inherit the cached shard instead of each
+    unpickling a copy (and start in milliseconds, without importing torch again)."""
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def iter_process_batches(
+    cache: ShardCache,
+    plan: np.ndarray,
+    maker: ClipMaker,
+    *,
+    batch_size: int,
+    processes: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of :func:`iter_ctp_batches`, made by ``processes`` decode worker processes.
+
+    Worker ``k`` makes batches ``k, k + processes, ...``; they come back in plan order, at most
+    two per worker made ahead. Decode failures are marked on ``cache`` here, as in-process.
+    """
+    cache.load()  # before the fork: the workers inherit the shard
+    loader = torch.utils.data.DataLoader(
+        _EpochBatches(cache, plan, maker, batch_size),
+        batch_size=None,
+        num_workers=processes,
+        prefetch_factor=2,
+        multiprocessing_context=_fork_context(),
+        generator=torch.Generator(),  # its seed draw must not move the trainer's torch RNG
+    )
+    for batch, failed in loader:
+        for v, reason in failed:
+            cache.mark_bad(v, reason)
+        if batch is not None:
+            yield batch
+
+
 def _ray_data_clips(
     batch: dict[str, np.ndarray],
     *,
@@ -432,9 +504,10 @@ class ClipStream:
     """One client's CtP training clips, batch by batch, round after round.
 
     Keep it alive across rounds (in the client's actor): the shard is read from storage only
-    once. ``backend="local"`` makes clips in this process (``workers`` prefetch threads;
-    default 0, in the consuming thread); ``"ray_data"`` in Ray Data tasks (``workers`` at once,
-    default 2, reserving ``task_cpus`` each). The two yield identical batches for the same seed.
+    once. ``backend="local"`` makes clips in ``processes`` decode worker processes, or with
+    ``processes=0`` in this process (``workers`` prefetch threads; default 0, in the consuming
+    thread); ``"ray_data"`` in Ray Data tasks (``workers`` at once, default 2, reserving
+    ``task_cpus`` each). All yield identical batches for the same seed.
     ``pad`` repeats the epoch's first videos to fill the last batch (the FedVSSL baseline).
     """
 
@@ -450,11 +523,14 @@ class ClipStream:
         client_id: int = 0,
         backend: Literal["local", "ray_data"] = "local",
         workers: int | None = None,
+        processes: int = 0,
         task_cpus: float = 0.0,
         pad: bool = True,
     ) -> None:
         if backend not in ("local", "ray_data"):
             raise ValueError(f"unknown backend {backend!r}; choose one of ['local', 'ray_data']")
+        if processes and (backend != "local" or workers):
+            raise ValueError("decode worker processes are for backend='local' without threads")
         store = "object_store" if backend == "ray_data" else "memory"
         self.cache = ShardCache(records, read_bytes, store=store)
         self.preset = CtpTrainPreset(crop_size=crop_size)
@@ -463,6 +539,7 @@ class ClipStream:
         if workers is None:
             workers = 2 if backend == "ray_data" else 0
         self.backend, self.workers, self.task_cpus, self.pad = backend, workers, task_cpus, pad
+        self.processes = processes
 
     @property
     def num_videos(self) -> int:
@@ -504,5 +581,9 @@ class ClipStream:
             return iter_ray_data_batches(
                 self.cache, plan, maker, batch_size=self.batch_size, workers=max(1, self.workers),
                 task_cpus=self.task_cpus,
+            )
+        if self.processes:
+            return iter_process_batches(
+                self.cache, plan, maker, batch_size=self.batch_size, processes=self.processes
             )
         return iter_ctp_batches(self.cache, plan, maker, batch_size=self.batch_size, workers=self.workers)

@@ -95,7 +95,25 @@ class ShardStreams:
             seed=self.cfg.seed,
             client_id=client_id,
             backend=self.cfg.data.loader,
+            **decode_options(self.cfg),
         )
+
+
+def decode_workers(cfg: Config) -> int:
+    """``data.decode_workers`` resolved: -1 is ``client.num_cpus - 1`` on GPU clients (their CPU
+    share but the training process's), 0 on CPU clients (which train on their share)."""
+    if cfg.data.decode_workers >= 0:
+        return cfg.data.decode_workers
+    return max(0, int(cfg.client.num_cpus + 1e-9) - 1) if cfg.client.num_gpus > 0 else 0
+
+
+def decode_options(cfg: Config) -> dict[str, int]:
+    """:class:`~fedvssl_ray.data.pipeline.ClipStream` arguments that make its clips with
+    :func:`decode_workers` processes (Ray Data: tasks; none given keeps its default)."""
+    workers = decode_workers(cfg)
+    if not workers:
+        return {}
+    return {"processes": workers} if cfg.data.loader == "local" else {"workers": workers}
 
 
 @dataclass(frozen=True)
