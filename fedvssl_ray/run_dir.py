@@ -57,7 +57,7 @@ _ROUND_FILE = re.compile(r"round-(\d+)\.npz$")
 RESUME_SAFE_KEYS = (
     "rounds", "round_timeout_s", "min_clients", "resume", "run_dir", "ray.",
     "client.num_gpus", "client.num_cpus", "client.num_actors", "client.torch_threads",
-    "client.max_cached_clients", "data.loader", "eval.", "finetune.",
+    "client.max_cached_clients", "data.loader", "data.decode_workers", "eval.", "finetune.",
 )
 """Keys a resume may change (prefixes end with a dot): where and how fast the run goes, never
 what its saved rounds mean."""

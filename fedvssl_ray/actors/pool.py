@@ -255,8 +255,15 @@ class RayRunner:
                   "error": message})
 
     def memory(self) -> list[dict[str, float]]:
-        """Peak memory per actor (for the scaling benchmark)."""
-        return ray.get([a.memory.remote() for a in self.actors])
+        """Peak memory per actor (for the scaling benchmark); an actor that is dead or still
+        restarting reports an empty record, never an error: the run is already complete."""
+        records = []
+        for ref in [a.memory.remote() for a in self.actors]:
+            try:
+                records.append(ray.get(ref, timeout=5))
+            except (RayActorError, GetTimeoutError):
+                records.append({})
+        return records
 
     def close(self) -> None:
         for actor in self.actors:
