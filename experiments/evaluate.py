@@ -14,10 +14,10 @@ of N test queries against the whole train split.
 
 examples:
   python experiments/evaluate.py checkpoint=none task=retrieval     # seeded random init, synthetic
-  python experiments/evaluate.py checkpoint=runs/synthetic-20261125-101500/checkpoints/round-0020.npz task=all
+  python experiments/evaluate.py checkpoint=runs/synthetic-20261125-101500/checkpoints/round-0010.npz task=all
   python experiments/evaluate.py --config ucf101 data.root=/data/ucf101 checkpoint=round-0020.npz task=knn
   python experiments/evaluate.py checkpoint=none task=knn --local   # one process, no Ray
-  python experiments/evaluate.py task=test checkpoint=runs/finetune-synthetic-20261125-120000/checkpoints/epoch-0004.npz
+  python experiments/evaluate.py task=test checkpoint=runs/finetune-synthetic-20261125-120000/checkpoints/epoch-0012.npz
 """
 
 from __future__ import annotations

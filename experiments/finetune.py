@@ -9,7 +9,7 @@ epoch-NNNN.npz, state/ for resume); at the end the final model is tested on the 
 (top-1, top-5, mean class accuracy) and test.json and summary.json are written.
 
 examples:
-  python experiments/finetune.py checkpoint=runs/synthetic-20261125-101500/checkpoints/round-0020.npz
+  python experiments/finetune.py checkpoint=runs/synthetic-20261125-101500/checkpoints/round-0010.npz
   python experiments/finetune.py checkpoint=none finetune.workers=2
   python experiments/finetune.py --config ucf101 data.root=/data/ucf101 checkpoint=round-0020.npz
   python experiments/finetune.py --resume runs/finetune-synthetic-20261125-120000
