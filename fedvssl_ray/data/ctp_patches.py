@@ -3,7 +3,7 @@
 :func:`sample_patch_plan` makes every random draw, in the reference order (initial boxes,
 trajectories, then per patch: source frame, alpha shape, soft edge, opacity, visibility), and
 returns a :class:`PatchPlan`. :func:`paste_patches` then composites the patches without any
-randomness. :func:`patch_mask` does both and returns the clip with its targets.
+randomness. :func:`patch_mask` does both and returns the clip with its targets (:func:`patch_targets`).
 
 The reference works on 112x112 crops. For another crop size the anchor scales and the centre
 velocity are multiplied by ``min(H, W)/112`` (a factor of exactly 1 at 112, so nothing changes
@@ -231,6 +231,10 @@ def patch_mask(
     """PatchMask on ``[C, T, H, W]`` uint8: (patched clip, gt_trajs [N,T,4] f32, gt_weights [N,T] f32)."""
     num_frames, height, width = clip.shape[1:]
     plan = sample_patch_plan(rng, num_frames, height, width, num_patches=num_patches)
-    patched = paste_patches(clip, plan)
+    return (paste_patches(clip, plan), *patch_targets(plan))
+
+
+def patch_targets(plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The plan's targets: ``gt_trajs [N, T, 4]`` float32 boxes and ``gt_weights [N, T]`` ones."""
     trajs = plan.boxes.astype(np.float32)
-    return patched, trajs, np.ones(trajs.shape[:2], np.float32)
+    return trajs, np.ones(trajs.shape[:2], np.float32)

@@ -19,12 +19,13 @@ is multiplied by ``crop_size/112`` and rounded; at 112 the reference sizes are u
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedvssl_ray.data.ctp_patches import patch_mask
+from fedvssl_ray.data.ctp_patches import PatchPlan, paste_patches, patch_targets, sample_patch_plan
 from fedvssl_ray.data.decode import scaled_size
 from fedvssl_ray.data.keyframes import interpolate, key_frames
 
@@ -36,8 +37,8 @@ FINETUNE_SIZES = ((149, 112), (171, 128), (192, 144))  # (W, H) for landscape fr
 EVAL_SIZE = (171, 128)
 DYNAMIC_KEY_PROBS = (0.7, 0.3)  # brightness/contrast key frames: [0, T-1] or [0, m, T-1]
 
-_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
-_OFFSET = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
+NORM_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
+NORM_OFFSET = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
 
 
 def _scaled(size: int, crop_size: int) -> int:
@@ -92,7 +93,7 @@ def _hsv_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s_table.astype(np.uint8).ravel(), h_table.astype(np.uint8).ravel(), factors
 
 
-_S_TABLE, _H_TABLE, _RGB_FACTORS = _hsv_tables()
+HSV_S_TABLE, HSV_H_TABLE, HSV_RGB_FACTORS = _hsv_tables()
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -101,8 +102,8 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     v = np.maximum(np.maximum(r, g), b)
     diff = v - np.minimum(np.minimum(r, g), b)
     num = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = _H_TABLE.take((num + 255).astype(np.int32) * 256 + diff)
-    s = _S_TABLE.take(v.astype(np.int32) * 256 + diff)
+    h = HSV_H_TABLE.take((num + 255).astype(np.int32) * 256 + diff)
+    s = HSV_S_TABLE.take(v.astype(np.int32) * 256 + diff)
     return np.stack([h, s, v.astype(np.uint8)])
 
 
@@ -112,7 +113,7 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     v = hsv[2].astype(np.float32)
     out = np.empty(hsv.shape, np.uint8)
     for c in range(3):
-        np.rint(v * _RGB_FACTORS[c].take(index), out=out[c], casting="unsafe")
+        np.rint(v * HSV_RGB_FACTORS[c].take(index), out=out[c], casting="unsafe")
     return out
 
 
@@ -162,8 +163,8 @@ def dynamic_contrast(
 def normalize(clip: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """``[3, T, H, W]`` in 0..255 -> float32 ``(x/255 - mean)/std`` per channel (into ``out``)."""
     out = _float_target(clip, out)
-    out *= _SCALE[:, None, None, None]
-    out += _OFFSET[:, None, None, None]
+    out *= NORM_SCALE[:, None, None, None]
+    out += NORM_OFFSET[:, None, None, None]
     return out
 
 
@@ -179,11 +180,26 @@ def _keyed_values(
     return interpolate(keys, np.exp(values) if log else values, "random", rng)
 
 
+class CtpDraw(NamedTuple):
+    """Every random choice of one CtP training clip; :meth:`CtpTrainPreset.apply` needs nothing else."""
+
+    size: tuple[int, int]  # (W, H) after the short-edge scale
+    x: int  # crop offset in the scaled frame
+    y: int
+    flip: bool
+    plan: PatchPlan
+    hue_sat: tuple[float, float] | None  # (hue shift, saturation factor) or None
+    brightness: np.ndarray | None  # [T] float64 offsets or None
+    contrast: np.ndarray | None  # [T] float64 factors or None
+
+
 class CtpTrainPreset:
     """CtP pretraining augmentation (CTP.md §6): scale, crop, flip, PatchMask, colour, normalise.
 
     ``__call__(frames [T, H, W, 3] uint8 RGB, rng)`` returns ``imgs [3, T, S, S]`` float32,
-    ``gt_trajs [3, T, 4]`` float32 (integer-valued xyxy) and ``gt_weights [3, T]`` ones.
+    ``gt_trajs [3, T, 4]`` float32 (integer-valued xyxy) and ``gt_weights [3, T]`` ones. It is
+    :meth:`draw` (every random number, in the reference order) then :meth:`apply` (pixels), so
+    the pixel work can also run elsewhere (:mod:`fedvssl_ray.data.device_augment`).
     """
 
     def __init__(
@@ -207,32 +223,51 @@ class CtpTrainPreset:
         self.brightness_p, self.brightness_delta = brightness_p, brightness_delta
         self.contrast_p, self.contrast_delta = contrast_p, contrast_delta
 
+    def draw(self, num_frames: int, height: int, width: int, rng: np.random.Generator) -> CtpDraw:
+        """All random draws for a ``[T, H, W]`` clip, in the order the reference makes them."""
+        short = self.short_edges[rng.integers(len(self.short_edges))]
+        size = scaled_size(width, height, short)
+        x = int(rng.integers(0, size[0] - self.crop_size + 1))
+        y = int(rng.integers(0, size[1] - self.crop_size + 1))
+        flip = bool(rng.random() < self.flip_p)
+        plan = sample_patch_plan(rng, num_frames, self.crop_size, self.crop_size)
+        hue_sat = brightness = contrast = None
+        u = rng.random()
+        if 0 < u < self.hue_sat_p:
+            hue = rng.uniform(-self.hue_delta, self.hue_delta)
+            hue_sat = hue, float(np.exp(rng.uniform(-self.sat_delta, self.sat_delta)))
+        if rng.random() < self.brightness_p:
+            d = self.brightness_delta
+            brightness = _keyed_values(rng, num_frames, -d, d)
+        if rng.random() < self.contrast_p:
+            d = self.contrast_delta
+            contrast = _keyed_values(rng, num_frames, -d, d, log=True)
+        return CtpDraw(size, x, y, flip, plan, hue_sat, brightness, contrast)
+
+    def apply(
+        self, frames: np.ndarray, params: CtpDraw, *, out: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The pixels of one training sample from its draws (no randomness); ``out`` as in ``__call__``."""
+        x, y, crop = params.x, params.y, self.crop_size
+        clip = resize_clip(frames, *params.size)[:, y : y + crop, x : x + crop]
+        if params.flip:
+            clip = clip[:, :, ::-1]
+        clip = paste_patches(to_planar(clip), params.plan)
+        trajs, weights = patch_targets(params.plan)
+        if params.hue_sat is not None:
+            clip = adjust_hue_saturation(clip, *params.hue_sat)
+        imgs = _float_target(clip, out)  # from here on, every step works in place
+        if params.brightness is not None:
+            dynamic_brightness(imgs, params.brightness, out=imgs)
+        if params.contrast is not None:
+            dynamic_contrast(imgs, params.contrast, out=imgs)
+        return {"imgs": normalize(imgs, out=imgs), "gt_trajs": trajs, "gt_weights": weights}
+
     def __call__(
         self, frames: np.ndarray, rng: np.random.Generator, *, out: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """One training sample; ``out`` (``[3, T, S, S]`` float32) receives ``imgs`` if given."""
-        num_frames, height, width = frames.shape[:3]
-        short = self.short_edges[rng.integers(len(self.short_edges))]
-        new_w, new_h = scaled_size(width, height, short)
-        x = int(rng.integers(0, new_w - self.crop_size + 1))
-        y = int(rng.integers(0, new_h - self.crop_size + 1))
-        clip = resize_clip(frames, new_w, new_h)[:, y : y + self.crop_size, x : x + self.crop_size]
-        if rng.random() < self.flip_p:
-            clip = clip[:, :, ::-1]
-        clip, trajs, weights = patch_mask(to_planar(clip), rng)
-        u = rng.random()
-        if 0 < u < self.hue_sat_p:
-            hue = rng.uniform(-self.hue_delta, self.hue_delta)
-            sat = np.exp(rng.uniform(-self.sat_delta, self.sat_delta))
-            clip = adjust_hue_saturation(clip, hue, sat)
-        imgs = _float_target(clip, out)  # from here on, every step works in place
-        if rng.random() < self.brightness_p:
-            d = self.brightness_delta
-            dynamic_brightness(imgs, _keyed_values(rng, num_frames, -d, d), out=imgs)
-        if rng.random() < self.contrast_p:
-            d = self.contrast_delta
-            dynamic_contrast(imgs, _keyed_values(rng, num_frames, -d, d, log=True), out=imgs)
-        return {"imgs": normalize(imgs, out=imgs), "gt_trajs": trajs, "gt_weights": weights}
+        return self.apply(frames, self.draw(*frames.shape[:3], rng), out=out)
 
 
 class FinetuneTrainPreset:
