@@ -64,15 +64,14 @@ def scale_crop(frames: torch.Tensor, params: CtpDraw, crop_size: int) -> torch.T
 
 
 def _axis_taps(
-    start: torch.Tensor, size: torch.Tensor, src_size: torch.Tensor, frame: int
+    pixels: torch.Tensor, start: torch.Tensor, size: torch.Tensor, src_size: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Per frame pixel p of boxes ``[B, T]`` along one axis: (inside, tap 0, tap 1, weight).
+    """For frame pixels ``[B, T, P]`` along one axis of boxes ``[B, T]``: (inside, tap 0, tap 1, weight).
 
     Taps are local source indices of the box's bilinear resize from ``src_size``, as
     :func:`bilinear_taps` (float64 positions, clamped), for ``i = p - start`` clamped into the box.
     """
-    p = torch.arange(frame, device=start.device)
-    i = p - start[..., None]
+    i = pixels - start[..., None]
     inside = (i >= 0) & (i < size[..., None])
     size = size.clamp(min=1)[..., None]
     i = torch.minimum(i.clamp(min=0), size - 1).double()
@@ -81,6 +80,12 @@ def _axis_taps(
     last = src_size[..., None] - 1
     i0 = torch.minimum(pos.long(), last)
     return inside, i0, torch.minimum(i0 + 1, last), (pos - i0.double()).float()
+
+
+def _window(start: torch.Tensor, extent: int, frame: int) -> torch.Tensor:
+    """Pixels ``[B, T, extent]`` of a window from ``start [B, T]``, moved left to fit the frame."""
+    first = torch.minimum(start, torch.full_like(start, frame - extent))
+    return first[..., None] + torch.arange(extent, device=start.device)
 
 
 def _source_alpha(
@@ -120,23 +125,30 @@ def _paste_step(
 
     Each pixel of a visible box bilinearly samples the patch's source region of ``clip``
     (frame ``src``, before any pasting) and its alpha, then stores ``region*(1-a) + patch*a``
-    truncated to uint8: the arithmetic of :func:`paste_patches`, per pixel.
+    truncated to uint8: the arithmetic of :func:`paste_patches`, per pixel. Work is done in one
+    window per frame, as large as the step's largest box, which holds the frame's box.
     """
-    b_idx = torch.arange(out.shape[0], device=out.device)
-    size = out.shape[-1]
+    batch, _, frames, size = out.shape[:4]
+    widths, heights = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+    extent_x, extent_y = int(widths.max()), int(heights.max())
+    if not (extent_x and extent_y):
+        return out
+    b_idx = torch.arange(batch, device=out.device)
     sbox = boxes[b_idx, src]  # [B, 4] box at the source frame
-    source = torch.cat([clip[b_idx, :, src].float(), _source_alpha(sbox, shape, soft, size)[:, None]], 1)
-    source = source.flatten(2)  # [B, 4, S*S]: RGB and alpha of the source frames
+    alpha = _source_alpha(sbox, shape, soft, size)[:, None]
+    source = torch.cat([clip[b_idx, :, src].float(), alpha], 1).flatten(2)  # [B, 4, S*S]
     sx, sy, sw, sh = sbox[:, 0], sbox[:, 1], sbox[:, 2] - sbox[:, 0], sbox[:, 3] - sbox[:, 1]
-    sx, sy, sw, sh = (v[:, None].expand(-1, boxes.shape[1]) for v in (sx, sy, sw, sh))  # [B, T]
-    in_x, x0, x1, fx = _axis_taps(boxes[..., 0], boxes[..., 2] - boxes[..., 0], sw, size)
-    in_y, y0, y1, fy = _axis_taps(boxes[..., 1], boxes[..., 3] - boxes[..., 1], sh, size)
-    cols = [sx[..., None] + x for x in (x0, x1)]  # [B, T, S] source columns
+    sx, sy, sw, sh = (v[:, None].expand(-1, frames) for v in (sx, sy, sw, sh))  # [B, T]
+    px, py = _window(boxes[..., 0], extent_x, size), _window(boxes[..., 1], extent_y, size)
+    in_x, x0, x1, fx = _axis_taps(px, boxes[..., 0], widths, sw)
+    in_y, y0, y1, fy = _axis_taps(py, boxes[..., 1], heights, sh)
+    cols = [sx[..., None] + x for x in (x0, x1)]  # [B, T, X] source columns
     rows = [(sy[..., None] + y) * size for y in (y0, y1)]
+    window = (batch, -1, frames, extent_y, extent_x)
 
-    def sample(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:  # -> [B, 4, T, S, S]
+    def sample(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:  # -> [B, 4, T, Y, X]
         index = (row[..., :, None] + col[..., None, :]).flatten(1)
-        return source.gather(2, index[:, None].expand(-1, 4, -1)).view(-1, 4, *out.shape[2:])
+        return source.gather(2, index[:, None].expand(-1, 4, -1)).view(window)
 
     top_left, top_right = sample(rows[0], cols[0]), sample(rows[0], cols[1])
     bottom_left, bottom_right = sample(rows[1], cols[0]), sample(rows[1], cols[1])
@@ -145,10 +157,15 @@ def _paste_step(
     right = top_right + (bottom_right - top_right) * wy
     patch = left + (right - left) * wx
     alpha = patch[:, 3:] * opacity[:, None, :, None, None]
-    blend = out.float() * (1 - alpha)
+
+    at = (py[..., :, None] * size + px[..., None, :]).flatten(2)[:, None].expand(-1, 3, -1, -1)
+    flat = out.flatten(3)  # [B, 3, T, S*S]
+    region = flat.gather(3, at).view(window)
+    blend = region.float() * (1 - alpha)
     blend += patch[:, :3] * alpha
     mask = (in_y[..., :, None] & in_x[..., None, :] & visible[..., None, None])[:, None]
-    return torch.where(mask, blend.to(torch.uint8), out)
+    pasted = torch.where(mask, blend.to(torch.uint8), region)
+    return flat.scatter(3, at, pasted.flatten(3)).view(out.shape)
 
 
 def paste_batch(clip: torch.Tensor, draws: Sequence[CtpDraw]) -> torch.Tensor:
