@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedvssl_ray.config import (
@@ -51,6 +52,22 @@ def _preset_in(argv: list[str]) -> str:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=DEFAULT_PRESET)
     return pre.parse_known_args(argv)[0].config
+
+
+def split_own_keys(
+    overrides: list[str], keys: Iterable[str]
+) -> tuple[dict[str, str], list[str]]:
+    """The ``key=value`` arguments a script takes itself (``keys``, e.g. ``checkpoint=``), and
+    the rest, which are config overrides."""
+    keys = set(keys)
+    own, rest = {}, []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if sep and key in keys:
+            own[key] = value
+        else:
+            rest.append(text)
+    return own, rest
 
 
 def resolve_config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:

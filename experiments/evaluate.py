@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import config_parser, exit_on_error, fail, resolve_config
+from common import config_parser, exit_on_error, fail, resolve_config, split_own_keys
 
 from fedvssl_ray.checkpoint import save_json_atomic
 from fedvssl_ray.config import (
@@ -60,15 +60,7 @@ def parse_args(argv: list[str] | None):
         help="compute the features in this process without Ray (same numbers as the Ray path)",
     )
     args = parser.parse_intermixed_args(argv)
-    own = {}
-    rest = []
-    for text in args.overrides:
-        key, sep, value = text.partition("=")
-        if sep and key in OWN_KEYS:
-            own[key] = value
-        else:
-            rest.append(text)
-    args.overrides = rest
+    own, args.overrides = split_own_keys(args.overrides, OWN_KEYS)
     return args, own
 
 

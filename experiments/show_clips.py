@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from common import config_parser, exit_on_error, fail, resolve_config
+from common import config_parser, exit_on_error, fail, resolve_config, split_own_keys
 from PIL import Image, ImageDraw
 
 OWN_KEYS = {"out": "clips.png", "client": "0", "round": "1", "clips": "4", "step": "3",
@@ -31,15 +31,8 @@ def parse_args(argv: list[str] | None):
     parser.usage = ("%(prog)s [out=FILE.png] [client=K] [round=R] [clips=N] [step=S] [zoom=Z] "
                     "[--config PRESET] [key=value ...]")
     args = parser.parse_intermixed_args(argv)
-    own = dict(OWN_KEYS)
-    rest = []
-    for text in args.overrides:
-        key, sep, value = text.partition("=")
-        if sep and key in OWN_KEYS:
-            own[key] = value
-        else:
-            rest.append(text)
-    args.overrides = rest
+    given, args.overrides = split_own_keys(args.overrides, OWN_KEYS)
+    own = {**OWN_KEYS, **given}
     try:
         numbers = {k: int(v) for k, v in own.items() if k != "out"}
     except ValueError as err:
