@@ -61,16 +61,21 @@ def render(imgs: np.ndarray, boxes: np.ndarray, step: int, zoom: int) -> Image.I
 
 
 def collect(cfg, client: int, round_idx: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` clips of ``client``'s first local epoch in ``round_idx``."""
+    """The first ``count`` clips of ``client``'s first local epoch in ``round_idx`` (as the
+    training step takes them: ``data.augment_on=device`` batches are augmented here, on CPU)."""
+    import torch
+
     from fedvssl_ray.data.shards import ClientShards
+    from fedvssl_ray.training.local import to_device
 
     if client >= cfg.num_clients:
         raise fail(f"client={client}, but the run has num_clients={cfg.num_clients}")
     stream = exit_on_error(ClientShards.from_config, cfg).stream_factory()(client)
     imgs, boxes = [], []
     for batch in stream.batches(round_idx, 0):
-        imgs.append(batch["imgs"].numpy())
-        boxes.append(batch["gt_trajs"].numpy())
+        clips, trajs, _ = to_device(batch, torch.device("cpu"))
+        imgs.append(clips.numpy())
+        boxes.append(trajs.numpy())
         if sum(len(b) for b in imgs) >= count:
             break
     if not imgs:

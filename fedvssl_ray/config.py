@@ -82,6 +82,11 @@ class DataConfig:
     # is num_cpus - 1 on GPU clients (set client.num_cpus to the node's CPUs per GPU share) and
     # 0 (in the training process) on CPU clients; never changes the clips
     decode_workers: int = -1
+    # where a client's CtP clips are augmented (scale, crop, flip, PatchMask, colour, normalise):
+    # cpu, where they are decoded; device, on the client's training device (its GPU, else its
+    # training process), fed decoded uint8 frames and the same draws (loader=local only; the
+    # patch targets are equal, pixels within device_augment.TOLERANCE)
+    augment_on: Literal["cpu", "device"] = "cpu"
 
 
 @dataclass(frozen=True)
@@ -473,6 +478,11 @@ def validate(cfg: Config) -> None:
     require(d.dirichlet_alpha > 0, f"data.dirichlet_alpha={d.dirichlet_alpha} must be > 0")
     require(d.classes_per_client >= 1, "data.classes_per_client must be >= 1")
     validate_decode_workers(d.decode_workers, c)
+    require(
+        d.augment_on == "cpu" or d.loader == "local",
+        f"data.augment_on={d.augment_on} needs data.loader=local (Ray Data tasks deliver "
+        "augmented clips); set data.loader=local or data.augment_on=cpu",
+    )
     require(cfg.model.head_init_std > 0, f"model.head_init_std={cfg.model.head_init_std} must be > 0")
     e = cfg.eval
     require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0: no evaluation during pretraining)")

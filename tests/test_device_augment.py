@@ -3,20 +3,36 @@
 The pixel tolerance is :data:`device_augment.TOLERANCE` (max abs difference in normalised
 units) for clips without hue/saturation; with it, at most :data:`HUE_OUTLIER_FRACTION` of the
 values may exceed it (measured: under 0.04 without hue, under 2% beyond it with hue).
+
+``data.augment_on=device`` is checked through the path a run takes: the config, the client's
+clip stream (in-process and with decode workers), and the training step's ``to_device``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fedvssl_ray.data import transforms
+from fedvssl_ray.config import ConfigError, load_config
+from fedvssl_ray.data import decode, transforms
 from fedvssl_ray.data.clips import sample_rng
-from fedvssl_ray.data.device_augment import TOLERANCE, augment_crops, augment_ctp_batch
+from fedvssl_ray.data.device_augment import (
+    TOLERANCE,
+    DecodedBatch,
+    augment_crops,
+    augment_ctp_batch,
+)
+from fedvssl_ray.data.manifest import VideoRecord
+from fedvssl_ray.data.shards import ShardStreams
+from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
 from fedvssl_ray.data.transforms import CtpTrainPreset, resize_clip, to_planar
+from fedvssl_ray.training import local
+from fedvssl_ray.training.client import ClientWorker, round_batches
 
 HUE_OUTLIER_FRACTION = 0.03
 PRESET = CtpTrainPreset()
@@ -111,9 +127,106 @@ def test_device_batch_matches_the_cpu_preset(batch) -> None:
     assert out["imgs"].shape == (8, 3, 16, 112, 112) and out["imgs"].dtype == torch.float32
     assert np.array_equal(out["gt_trajs"].numpy(), np.stack([e["gt_trajs"] for e in expected]))
     assert np.array_equal(out["gt_weights"].numpy(), np.stack([e["gt_weights"] for e in expected]))
-    for k, (d, e) in enumerate(zip(draws, expected, strict=True)):
-        diff = np.abs(out["imgs"][k].numpy() - e["imgs"])
+    want = torch.from_numpy(np.stack([e["imgs"] for e in expected]))
+    assert_pixels_close(out["imgs"], want, draws)
+
+
+def assert_pixels_close(got: torch.Tensor, want: torch.Tensor, draws) -> None:
+    """Clip by clip within TOLERANCE; with hue/saturation, all but HUE_OUTLIER_FRACTION of it."""
+    for k, d in enumerate(draws):
+        diff = (got[k] - want[k]).abs()
         if d.hue_sat is None:
             assert diff.max() <= TOLERANCE, (k, diff.max())
         else:
-            assert (diff > TOLERANCE).mean() <= HUE_OUTLIER_FRACTION, (k, (diff > TOLERANCE).mean())
+            outliers = (diff > TOLERANCE).float().mean()
+            assert outliers <= HUE_OUTLIER_FRACTION, (k, outliers)
+
+
+# ---------------------------------------------------------------------------------------------
+# data.augment_on=device through the config, the client's stream and its training step
+
+CPU = torch.device("cpu")
+USER_KEYS = [
+    "model.backbone=r3d10_narrow", "data.crop_size=32", "data.clip_len=8", "client.batch_size=4",
+    "client.local_epochs=2", "client.num_cpus=3", "client.torch_threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[VideoRecord, ...]]:
+    """Eight tiny AVIs of three frame sizes (one portrait), as manifest records under one root."""
+    root = tmp_path_factory.mktemp("augment-on")
+    sizes = ((64, 48), (48, 64), (80, 60))
+    records = []
+    for i in range(8):
+        width, height = sizes[i % 3]
+        spec = SyntheticSpec(frames=24, width=width, height=height)
+        encode_video(root / f"v{i}.avi", render_video(spec, i % 4, i), gop=12)
+        record = VideoRecord(f"v{i}", f"v{i}.avi", 0, "c", 24, 25.0, width, height, "mpeg4", 0)
+        records.append(record)
+    return root, tuple(records)
+
+
+def stream_batches(shard, *keys: str) -> list:
+    """Round 3 of client 0, as a run with these overrides streams it (v2 fails to decode)."""
+    root, records = shard
+    cfg = load_config("synthetic", [*USER_KEYS, *keys])
+    stream = ShardStreams((records,), root, cfg)(0)
+    return list(round_batches(stream, 3, cfg.client.local_epochs))
+
+
+@pytest.mark.parametrize("decode_workers", [0, 2])
+def test_device_placement_gives_the_cpu_batches(
+    shard, decode_workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = decode.read_frames
+
+    def flaky(src, indices, *, name=None, **kw):  # forked workers inherit the patch
+        if name == "v2":
+            raise decode.VideoDecodeError(name, "damaged packet")
+        return real(src, indices, name=name, **kw)
+
+    monkeypatch.setattr(decode, "read_frames", flaky)
+    expected = stream_batches(shard, "data.decode_workers=0")
+    got = stream_batches(shard, "data.augment_on=device", f"data.decode_workers={decode_workers}")
+    # epoch 1: v2 fails in the second batch; epoch 2 leaves it out (7 videos, padded to 8)
+    assert [len(b) for b in got] == [len(b["imgs"]) for b in expected] == [3, 4, 4, 4]
+    for batch, want in zip(got, expected, strict=True):
+        assert isinstance(batch, DecodedBatch) and all(f.dtype == torch.uint8 for f in batch.frames)
+        imgs, trajs, weights = local.to_device(batch, CPU)
+        for key, value in zip(local.BATCH_TENSORS, (imgs, trajs, weights), strict=True):
+            assert value.dtype == want[key].dtype and value.shape == want[key].shape, key
+        assert torch.equal(trajs, want["gt_trajs"]) and torch.equal(weights, want["gt_weights"])
+        assert_pixels_close(imgs, want["imgs"], batch.draws)
+
+
+def test_augment_on_is_checked() -> None:
+    assert load_config("synthetic").data.augment_on == "cpu"
+    allowed = r"data.augment_on='gpu' is not allowed; choose one of \['cpu', 'device'\]"
+    with pytest.raises(ConfigError, match=allowed):
+        load_config("synthetic", ["data.augment_on=gpu"])
+    with pytest.raises(ConfigError, match="data.augment_on=device needs data.loader=local"):
+        load_config("synthetic", ["data.augment_on=device", "data.loader=ray_data"])
+
+
+def test_a_client_trains_on_clips_augmented_by_its_training_step(
+    shard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices = []
+
+    def spy(frames, draws, **kw):
+        devices.append({f.device for f in frames})
+        return augment_ctp_batch(frames, draws, **kw)
+
+    monkeypatch.setattr(local, "augment_ctp_batch", spy)
+    root, records = shard
+    losses = []
+    for placement in ("cpu", "device"):  # one step each: four videos, batch 4
+        keys = [*USER_KEYS, "client.local_epochs=1", f"data.augment_on={placement}"]
+        cfg = load_config("synthetic", keys)
+        worker = ClientWorker(cfg, ShardStreams((records[:4],), root, cfg))
+        result = worker.train(worker.initial_global(), 1, 0)
+        assert result.steps == 1
+        losses.append(result.update.loss)
+    assert devices == [{CPU}]  # the device placement's step, on the worker's device
+    assert math.isfinite(losses[1]) and losses[1] == pytest.approx(losses[0], rel=0.01)

@@ -28,6 +28,7 @@ from fedvssl_ray.config import load_config
 from fedvssl_ray.data.shards import ClientShards
 from fedvssl_ray.models import ctp
 from fedvssl_ray.training.client import seeded_ctp_model
+from fedvssl_ray.training.local import to_device
 
 
 def main() -> int:
@@ -60,11 +61,11 @@ def main() -> int:
     while step < args.steps:
         epoch += 1
         for batch in stream.batches(epoch, 0):
-            preds = model(batch["imgs"], ctp.make_rois(batch["gt_trajs"]))
-            loss = ctp.ctp_loss(preds, batch["gt_trajs"], batch["gt_weights"])["loss"]
+            imgs, trajs, weights = to_device(batch, torch.device("cpu"))  # augments a decoded one
+            preds = model(imgs, ctp.make_rois(trajs))
+            loss = ctp.ctp_loss(preds, trajs, weights)["loss"]
             with torch.no_grad():
-                zero = ctp.ctp_loss(torch.zeros_like(preds), batch["gt_trajs"],
-                                    batch["gt_weights"])["loss"]
+                zero = ctp.ctp_loss(torch.zeros_like(preds), trajs, weights)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip:

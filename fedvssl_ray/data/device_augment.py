@@ -15,11 +15,16 @@ difference in normalised units; one uint8 level is 1/(255*std) ~ 0.0175). OpenCV
 wrap (H is clipped to 0..179), so near red a one-level change can move a pixel's hue by the
 whole shift: with hue/saturation a few percent of values may differ by more (measured up to ~1).
 Boxes and weights are always equal.
+
+With ``data.augment_on=device`` a client's clip stream yields :class:`DecodedBatch` (decoded
+clips and their draws) instead of finished tensors, and the training step augments it on the
+training device (:func:`fedvssl_ray.training.local.to_device`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +41,28 @@ from fedvssl_ray.data.transforms import (
 
 TOLERANCE = 0.05  # normalised units, about three uint8 levels
 _RECTANGLE, _ELLIPSE = SHAPES.index("rectangle"), SHAPES.index("ellipse")
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A CtP training batch before its pixel work: decoded clips and every random draw.
+
+    The clips keep their decoded size (videos of a shard may differ), so they travel as one
+    tensor each; :func:`augment_ctp_batch` turns them into the batch the CPU path makes. A
+    dataclass, so a ``DataLoader`` worker ships it as is (the tensors through shared memory).
+    """
+
+    frames: tuple[torch.Tensor, ...]  # [T, H, W, 3] uint8 RGB each, on the host
+    draws: tuple[CtpDraw, ...]
+    crop_size: int
+
+    def __len__(self) -> int:
+        return len(self.draws)
+
+
+Batch = dict[str, torch.Tensor] | DecodedBatch
+"""What a client's clip stream yields: finished tensors (``imgs``, ``gt_trajs``,
+``gt_weights``), or a :class:`DecodedBatch` to augment where it is trained."""
 
 
 def _taps(src: int, dst: int, start: int, count: int, flip: bool, device: torch.device) -> tuple:

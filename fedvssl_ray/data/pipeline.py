@@ -14,6 +14,11 @@
   ``sample_rng(seed, client, round, epoch, position)``, so they yield identical tensors.
 * :class:`ClipStream` is what a training actor keeps across rounds: ``batches(round, epoch)``.
 
+With ``augment_on="device"`` (``data.augment_on``) the local pipelines stop after the decode and
+the draws: batches are :class:`~fedvssl_ray.data.device_augment.DecodedBatch` (uint8 frames at
+the decoded size plus each clip's :class:`~fedvssl_ray.data.transforms.CtpDraw`, the draws the
+CPU path makes from the same generator), which the training step augments on its device.
+
 A video whose decode fails mid-epoch is dropped from its batch (which comes out smaller),
 logged, counted and left out of later epochs, identically in every pipeline.
 
@@ -48,11 +53,17 @@ import torch
 
 from fedvssl_ray.data import decode, frame_zip
 from fedvssl_ray.data.clips import sample_pretrain_clip, sample_rng
-from fedvssl_ray.data.transforms import CtpTrainPreset
+from fedvssl_ray.data.device_augment import Batch, DecodedBatch
+from fedvssl_ray.data.transforms import CtpDraw, CtpTrainPreset
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("imgs", "gt_trajs", "gt_weights")
+AUGMENT_PLACES = ("cpu", "device")
+
+Sample = dict[str, np.ndarray] | tuple[np.ndarray, CtpDraw]
+"""One made clip: augmented (``imgs`` in its batch slot, the targets here), or decoded, with
+its draws."""
 
 
 class VideoLike(Protocol):
@@ -244,6 +255,21 @@ def make_ctp_clip(
     return preset(video.read_frames(data, clip.indices), rng, out=out)
 
 
+def decode_ctp_clip(
+    video: ShardVideo,
+    data: decode.VideoSource,
+    rng: np.random.Generator,
+    *,
+    preset: CtpTrainPreset,
+    clip_len: int,
+) -> tuple[np.ndarray, CtpDraw]:
+    """:func:`make_ctp_clip` up to the pixel work: the decoded frames and the preset's draws,
+    taken from ``rng`` in the same order, so augmenting them elsewhere gives the same clip."""
+    clip = sample_pretrain_clip(video.num_frames, rng, clip_len=clip_len)
+    frames = video.read_frames(data, clip.indices)
+    return frames, preset.draw(*frames.shape[:3], rng)
+
+
 @dataclass(frozen=True)
 class EpochKeys:
     """What a sample's randomness depends on, besides its position in the epoch."""
@@ -259,27 +285,43 @@ class EpochKeys:
 
 @dataclass(frozen=True)
 class ClipMaker:
-    """Makes the clip at one epoch position into a given batch slot; shared by both pipelines."""
+    """Makes the clip at one epoch position into a given batch slot, and collates a batch;
+    shared by every pipeline. ``augment_on="device"`` leaves clips decoded (no batch slots)."""
 
     keys: EpochKeys
     preset: CtpTrainPreset
     clip_len: int
+    augment_on: Literal["cpu", "device"] = "cpu"
 
     def slot_shape(self) -> tuple[int, int, int, int]:
         return (3, self.clip_len, self.preset.crop_size, self.preset.crop_size)
 
+    def batch_buffer(self, rows: int) -> np.ndarray | None:
+        """The ``imgs`` array a batch's clips are written into; None if they stay decoded."""
+        if self.augment_on == "device":
+            return None
+        return np.empty((rows, *self.slot_shape()), np.float32)
+
     def __call__(
-        self, video: ShardVideo, data: decode.VideoSource, position: int, out: np.ndarray
-    ) -> dict[str, np.ndarray] | str:
-        """The clip (``imgs`` written to ``out``), or the decode error's message."""
+        self, video: ShardVideo, data: decode.VideoSource, position: int, out: np.ndarray | None
+    ) -> Sample | str:
+        """The clip (``imgs`` written to ``out``, or decoded), or the decode error's message."""
+        rng = self.keys.rng(position)
         try:
+            if self.augment_on == "device":
+                return decode_ctp_clip(video, data, rng, preset=self.preset, clip_len=self.clip_len)
             return make_ctp_clip(
-                video, data, self.keys.rng(position), preset=self.preset, clip_len=self.clip_len,
-                out=out,
+                video, data, rng, preset=self.preset, clip_len=self.clip_len, out=out
             )
         except decode.VideoDecodeError as err:
             log.warning("decode failed for %s: %s", video.video_id, err)
             return str(err)
+
+    def collate(self, imgs: np.ndarray | None, samples: dict[int, Sample]) -> Batch:
+        """The batch of the filled slots (all of them unless a clip failed)."""
+        if imgs is None:
+            return _collate_decoded(samples, self.preset.crop_size)
+        return _collate(imgs, samples)
 
 
 def _ordered_map(fn: Callable[[int], Any], items: Sequence[int], workers: int) -> Iterator[Any]:
@@ -300,6 +342,20 @@ def _ordered_map(fn: Callable[[int], Any], items: Sequence[int], workers: int) -
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _slot(imgs: np.ndarray | None, slot: int) -> np.ndarray | None:
+    """Row ``slot`` of a batch's ``imgs`` (None for decoded clips, which have no slot)."""
+    return None if imgs is None else imgs[slot]
+
+
+def _collate_decoded(
+    samples: dict[int, tuple[np.ndarray, CtpDraw]], crop_size: int
+) -> DecodedBatch:
+    """A :class:`DecodedBatch` of the decoded clips in slot order (the frames are not copied)."""
+    clips = [samples[i] for i in sorted(samples)]
+    frames = tuple(torch.from_numpy(f) for f, _ in clips)
+    return DecodedBatch(frames, tuple(d for _, d in clips), crop_size)
+
+
 def _collate(imgs: np.ndarray, samples: dict[int, dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """A torch batch from the filled slots of ``imgs`` (all of them unless a clip failed)."""
     slots = sorted(samples)
@@ -318,8 +374,9 @@ def iter_ctp_batches(
     *,
     batch_size: int,
     workers: int = 0,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """In-process batches ``{"imgs" [B,3,T,S,S], "gt_trajs" [B,3,T,4], "gt_weights" [B,3,T]}``.
+) -> Iterator[Batch]:
+    """In-process batches ``{"imgs" [B,3,T,S,S], "gt_trajs" [B,3,T,4], "gt_weights" [B,3,T]}``
+    (a :class:`DecodedBatch` with ``maker.augment_on="device"``).
 
     ``plan`` holds indices into ``cache.videos`` in epoch order; ``workers`` threads decode
     and transform ahead of the consumer (0: in the calling thread). Clips are written straight
@@ -327,20 +384,20 @@ def iter_ctp_batches(
     process's intra-op thread setting; numpy's BLAS is never called.
     """
     videos = cache.videos
-    buffers: dict[int, np.ndarray] = {}
+    buffers: dict[int, np.ndarray | None] = {}
 
-    def batch_buffer(b: int) -> np.ndarray:
+    def batch_buffer(b: int) -> np.ndarray | None:
         if b not in buffers:  # setdefault: one array per batch even if two threads race here
             rows = min(batch_size, len(plan) - b * batch_size)
-            buffers.setdefault(b, np.empty((rows, *maker.slot_shape()), np.float32))
+            buffers.setdefault(b, maker.batch_buffer(rows))
         return buffers[b]
 
-    def clip_at(position: int) -> dict[str, np.ndarray] | str:
+    def clip_at(position: int) -> Sample | str:
         v = int(plan[position])
-        out = batch_buffer(position // batch_size)[position % batch_size]
+        out = _slot(batch_buffer(position // batch_size), position % batch_size)
         return maker(videos[v], cache.payload(v), position, out)
 
-    samples: dict[int, dict[str, np.ndarray]] = {}
+    samples: dict[int, Sample] = {}
     for position, result in enumerate(_ordered_map(clip_at, range(len(plan)), workers)):
         if isinstance(result, str):
             cache.mark_bad(int(plan[position]), result)
@@ -349,7 +406,7 @@ def iter_ctp_batches(
         if (position + 1) % batch_size == 0 or position + 1 == len(plan):
             imgs = buffers.pop(position // batch_size)
             if samples:
-                yield _collate(imgs, samples)
+                yield maker.collate(imgs, samples)
             samples = {}
 
 
@@ -364,21 +421,20 @@ class _EpochBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.plan) / self.batch_size)
 
-    def __getitem__(
-        self, index: int
-    ) -> tuple[dict[str, torch.Tensor] | None, list[tuple[int, str]]]:
+    def __getitem__(self, index: int) -> tuple[Batch | None, list[tuple[int, str]]]:
         start = index * self.batch_size
         chosen = self.plan[start : start + self.batch_size].tolist()
-        imgs = np.empty((len(chosen), *self.maker.slot_shape()), np.float32)
-        samples: dict[int, dict[str, np.ndarray]] = {}
+        imgs = self.maker.batch_buffer(len(chosen))
+        samples: dict[int, Sample] = {}
         failed = []
         for slot, v in enumerate(chosen):
-            result = self.maker(self.videos[v], self.cache.payload(v), start + slot, imgs[slot])
+            out = _slot(imgs, slot)
+            result = self.maker(self.videos[v], self.cache.payload(v), start + slot, out)
             if isinstance(result, str):
                 failed.append((v, result))
             else:
                 samples[slot] = result
-        return (_collate(imgs, samples) if samples else None), failed
+        return (self.maker.collate(imgs, samples) if samples else None), failed
 
 
 def _fork_context() -> multiprocessing.context.BaseContext | None:
@@ -394,11 +450,12 @@ def iter_process_batches(
     *,
     batch_size: int,
     processes: int,
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Batch]:
     """The batches of :func:`iter_ctp_batches`, made by ``processes`` decode worker processes.
 
     Worker ``k`` makes batches ``k, k + processes, ...``; they come back in plan order, at most
-    two per worker made ahead. Decode failures are marked on ``cache`` here, as in-process.
+    two per worker made ahead (decoded uint8 frames and draws with ``augment_on="device"``).
+    Decode failures are marked on ``cache`` here, as in-process.
     """
     cache.load()  # before the fork: the workers inherit the shard
     loader = torch.utils.data.DataLoader(
@@ -509,6 +566,8 @@ class ClipStream:
     thread); ``"ray_data"`` in Ray Data tasks (``workers`` at once, default 2, reserving
     ``task_cpus`` each). All yield identical batches for the same seed.
     ``pad`` repeats the epoch's first videos to fill the last batch (the FedVSSL baseline).
+    ``augment_on="device"`` (local backend only) yields :class:`DecodedBatch` for the training
+    step to augment on its device.
     """
 
     def __init__(
@@ -526,11 +585,18 @@ class ClipStream:
         processes: int = 0,
         task_cpus: float = 0.0,
         pad: bool = True,
+        augment_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
         if backend not in ("local", "ray_data"):
             raise ValueError(f"unknown backend {backend!r}; choose one of ['local', 'ray_data']")
         if processes and (backend != "local" or workers):
             raise ValueError("decode worker processes are for backend='local' without threads")
+        if augment_on not in AUGMENT_PLACES:
+            raise ValueError(
+                f"unknown augment_on {augment_on!r}; choose one of {list(AUGMENT_PLACES)}"
+            )
+        if augment_on == "device" and backend != "local":
+            raise ValueError("augment_on='device' needs backend='local' (Ray Data augments)")
         store = "object_store" if backend == "ray_data" else "memory"
         self.cache = ShardCache(records, read_bytes, store=store)
         self.preset = CtpTrainPreset(crop_size=crop_size)
@@ -539,7 +605,7 @@ class ClipStream:
         if workers is None:
             workers = 2 if backend == "ray_data" else 0
         self.backend, self.workers, self.task_cpus, self.pad = backend, workers, task_cpus, pad
-        self.processes = processes
+        self.processes, self.augment_on = processes, augment_on
 
     @property
     def num_videos(self) -> int:
@@ -573,9 +639,11 @@ class ClipStream:
         """Batches in an epoch (before any mid-epoch decode failure)."""
         return math.ceil(len(self.plan(round, epoch)) / self.batch_size)
 
-    def batches(self, round: int, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """The epoch's batches: ``imgs`` [B,3,T,S,S] f32, ``gt_trajs`` [B,3,T,4], ``gt_weights`` [B,3,T]."""
-        maker = ClipMaker(EpochKeys(self.seed, self.client_id, round, epoch), self.preset, self.clip_len)
+    def batches(self, round: int, epoch: int = 0) -> Iterator[Batch]:
+        """The epoch's batches: ``imgs`` [B,3,T,S,S] f32, ``gt_trajs`` [B,3,T,4], ``gt_weights``
+        [B,3,T]; with ``augment_on="device"`` the :class:`DecodedBatch` that makes them."""
+        keys = EpochKeys(self.seed, self.client_id, round, epoch)
+        maker = ClipMaker(keys, self.preset, self.clip_len, self.augment_on)
         plan = self.plan(round, epoch)
         if self.backend == "ray_data":
             return iter_ray_data_batches(

@@ -95,6 +95,7 @@ class ShardStreams:
             seed=self.cfg.seed,
             client_id=client_id,
             backend=self.cfg.data.loader,
+            augment_on=self.cfg.data.augment_on,
             **decode_options(self.cfg),
         )
 

@@ -21,6 +21,7 @@ import torch
 
 from ..aggregation import ClientUpdate, make_strategy, windowed_mean_loss
 from ..config import Config
+from ..data.device_augment import Batch
 from ..models import (
     CtpModel,
     Weights,
@@ -41,7 +42,7 @@ class ClientStream(Protocol):
     @property
     def num_videos(self) -> int: ...
 
-    def batches(self, round: int, epoch: int = 0) -> Iterable[dict[str, torch.Tensor]]: ...
+    def batches(self, round: int, epoch: int = 0) -> Iterable[Batch]: ...
 
     def bad_video_ids(self) -> set[str]: ...
 
@@ -213,9 +214,7 @@ def seeded_ctp_model(cfg: Config) -> CtpModel:
     )
 
 
-def round_batches(
-    stream: ClientStream, round_idx: int, epochs: int
-) -> Iterator[dict[str, torch.Tensor]]:
+def round_batches(stream: ClientStream, round_idx: int, epochs: int) -> Iterator[Batch]:
     """Every local epoch's batches in order; each epoch's plan is made once the previous one ends
     (so a video that failed in one epoch is left out of the next)."""
     for epoch in range(epochs):

@@ -2,7 +2,9 @@
 
 On a CUDA device batches go through pinned host memory with asynchronous copies, the forward
 pass runs in the precision :func:`~fedvssl_ray.training.precision.choose_precision` picked, and
-clips may be laid out channels-last-3d; the CPU takes the batches as they come, in fp32.
+clips may be laid out channels-last-3d; the CPU takes the batches as they come, in fp32. A
+:class:`~fedvssl_ray.data.device_augment.DecodedBatch` (``data.augment_on=device``) is copied to
+the device as decoded uint8 clips and augmented there.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.device_augment import Batch, DecodedBatch, augment_ctp_batch
 from ..models import CtpModel, ctp_loss, make_rois
 from .precision import FP32, Precision, scaled_step
 
@@ -38,7 +41,7 @@ class LocalStats:
     batch_sizes: tuple[int, ...]  # clips in every step's batch
     zero_loss: float  # mean over the steps of the all-zero predictor's loss on the same batch
     data_s: float  # waiting for batches
-    compute_s: float  # forward, backward and step
+    compute_s: float  # forward, backward and step (and a decoded batch's augmentation)
 
     @property
     def steps(self) -> int:
@@ -64,7 +67,7 @@ def make_optimizer(model: CtpModel, params: SgdParams) -> torch.optim.SGD:
 
 def train_local(
     model: CtpModel,
-    batches: Iterable[dict[str, torch.Tensor]],
+    batches: Iterable[Batch],
     params: SgdParams,
     device: torch.device,
     *,
@@ -111,15 +114,31 @@ def train_local(
 
 
 def to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, *, channels_last: bool = False
+    batch: Batch, device: torch.device, *, channels_last: bool = False
 ) -> tuple[torch.Tensor, ...]:
-    """``imgs``, ``gt_trajs``, ``gt_weights`` of ``batch`` on ``device``. To CUDA they are
-    copied from pinned host memory without blocking the host; ``channels_last`` lays the clips
-    out channels-last-3d (as the model's weights then are)."""
-    tensors = [batch[key] for key in BATCH_TENSORS]
-    if device.type == "cuda":
-        tensors = [t if t.is_pinned() else t.pin_memory() for t in tensors]
-    tensors = [t.to(device, non_blocking=True) for t in tensors]
+    """``imgs``, ``gt_trajs``, ``gt_weights`` of ``batch`` on ``device`` (a decoded batch is
+    augmented there). ``channels_last`` lays the clips out channels-last-3d (as the model's
+    weights then are)."""
+    if isinstance(batch, DecodedBatch):
+        tensors = augment_on_device(batch, device)
+    else:
+        tensors = host_to_device([batch[key] for key in BATCH_TENSORS], device)
     if channels_last:
         tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last_3d)
     return tuple(tensors)
+
+
+def host_to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Host tensors on ``device``; to CUDA they are copied from pinned memory without blocking
+    the host (the CPU keeps them as they are)."""
+    if device.type == "cuda":
+        tensors = [t if t.is_pinned() else t.pin_memory() for t in tensors]
+    return [t.to(device, non_blocking=True) for t in tensors]
+
+
+def augment_on_device(batch: DecodedBatch, device: torch.device) -> list[torch.Tensor]:
+    """The CtP batch of decoded clips, made on ``device`` from the clips' draws: the uint8 frames
+    are copied there (smaller than the float clips) and every pixel step runs there."""
+    frames = host_to_device(list(batch.frames), device)
+    out = augment_ctp_batch(frames, batch.draws, crop_size=batch.crop_size)
+    return [out[key] for key in BATCH_TENSORS]
