@@ -1,10 +1,10 @@
-"""Clip supply per training actor, and one client's CtP epoch on a GPU.
+"""Clip supply per training actor, one client's CtP epoch on a GPU, and where clips are augmented.
 
 A shard the size of a UCF-101 client's (``--clips`` 1,907 entries, cycling through 16 distinct
 320x240 MPEG-4 AVIs like UCF-101's, made by the data benchmark's generator), 16x112x112 clips,
 batch 4, seed 7.
 
-* **Clip supply** (always; CPU only): clips per second delivered to one consumer that does
+* **Clip supply** (CPU only): clips per second delivered to one consumer that does
   nothing else, by N decode worker processes (``data.decode_workers=N``), by the in-process
   pipeline, and by the bare decode (PyAV ``read_frames`` of the same clips' frames in one
   process, no augmentation). The runs are interleaved (order rotated each repeat) and every
@@ -16,9 +16,20 @@ batch 4, seed 7.
   else ``nvidia-smi``), in fp32, in mixed precision, and in mixed precision with in-process
   decoding; then a round of 5 clients on one GPU, 1 actor (all the node's CPUs) against 5
   actors at ``client.num_gpus=0.2`` (a fifth of the CPUs each), rounds 1 (shards read) and 2.
+* **Augmentation placement** (with the GPU stages, after them): ``data.augment_on=cpu``
+  (decode workers or the training process augment) against ``device`` (they only decode; the
+  training step augments on the GPU), with the node's decode workers and in-process, over the
+  shard's first ``PLACEMENT_CLIPS`` (512) entries: clips per second delivered to the training
+  step (batches made and put on the device ready for the model, no training; and clips per
+  CPU-second) and one client's local epoch in mixed precision (seconds, clips/s, data wait,
+  GPU utilisation).
 
     python experiments/bench/gpu.py --json gpu.json             # full
     python experiments/bench/gpu.py --quick --json gpu.json     # smoke run (128 clips, 1 repeat)
+    python experiments/bench/gpu.py --json placement.json --parts placement   # placement only
+
+``--parts`` chooses among ``supply``, ``epochs``, ``placement`` and ``rounds`` (default all);
+without CUDA only ``supply`` runs, unless ``--train-on-cpu``.
 
 Stages that would start after ``--time-limit`` seconds are skipped (and listed in the JSON);
 the JSON is rewritten after every stage, so a run stopped from outside keeps what it measured.
@@ -56,11 +67,14 @@ from fedvssl_ray.data.pipeline import (
     iter_process_batches,
 )
 from fedvssl_ray.data.shards import decode_options
+from fedvssl_ray.training.local import to_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import make_videos  # noqa: E402  (the data benchmark's UCF-101-like videos)
 
 SEED, BATCH, ROUND_CLIENTS = 7, 4, 5
+PLACEMENT_CLIPS = 512  # shard entries of the placement runs (in-process CPU augmentation is slow)
+PARTS = ("supply", "epochs", "placement", "rounds")
 Shard = list[tuple[str, str]]
 
 
@@ -201,7 +215,7 @@ class Streams:
             self.built[client_id] = ClipStream(
                 self.shards[client_id], crop_size=d.crop_size, clip_len=d.clip_len,
                 batch_size=c.batch_size, seed=self.cfg.seed, client_id=client_id,
-                **decode_options(self.cfg),
+                augment_on=d.augment_on, **decode_options(self.cfg),
             )
         return self.built[client_id]
 
@@ -241,7 +255,41 @@ def one_epoch(cfg: Config, shard: Shard) -> dict[str, Any]:
         "epoch_s": seconds, "clips": clips, "clips_per_s": clips / seconds,
         "data_wait": result.timings["data_wait_s"] / result.timings["train_s"],
         "gpu_util": gpu.mean, "decode_workers": streams(0).processes,
+        "augment_on": cfg.data.augment_on,
     }
+
+
+def delivered(cfg: Config, shard: Shard) -> dict[str, Any]:
+    """Clips per second (and per CPU-second, this process and its ended decode workers) that one
+    client's stream delivers to the training step: each batch made and put on the training
+    device as the step takes it (``to_device``, which augments a decoded batch there), no model.
+    A client of 8 clips runs first, to warm up the device's kernels."""
+    device = torch.device("cuda" if cfg.client.num_gpus > 0 else "cpu")
+    streams = Streams(cfg, client_shards(shard, 1))
+    for client in (len(streams.shards) - 1, 0):
+        streams(client).cache.load()  # the shard is read before the clock starts
+        wall, cpu, clips = time.perf_counter(), cpu_seconds(), 0
+        for batch in streams(client).batches(1):
+            clips += len(to_device(batch, device)[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return {
+        "clips": clips, "clips_per_s": clips / wall, "clips_per_cpu_s": clips / cpu,
+        "decode_workers": streams(0).processes, "augment_on": cfg.data.augment_on,
+    }
+
+
+def placement_runs(device: str, cpus: int) -> dict[str, tuple[Config, str]]:
+    """name -> (config, what it runs) of the placement comparison: both placements, with the
+    node's decode workers and in-process, delivered clips and then a local epoch of each."""
+    runs = {}
+    for decoding, extra in (("decode workers", ()), ("in-process", ("data.decode_workers=0",))):
+        for place in ("cpu", "device"):
+            cfg = bench_config(device, cpus, True, f"data.augment_on={place}", *extra)
+            for what in ("delivered", "epoch"):
+                runs[f"{what}: augment on {place}, {decoding}"] = (cfg, what)
+    return runs
 
 
 def one_round(cfg: Config, shard: Shard, actors: int, rounds: int = 2) -> dict[str, Any]:
@@ -301,6 +349,27 @@ def print_supply(rows: list[dict[str, Any]]) -> None:
               f"({lo:.0%}-{hi:.0%}) | {row['clips_per_cpu_s']:.1f} | {row['per_core_vs_bare']:.0%} |")
 
 
+def print_placement(results: dict[str, dict[str, Any]]) -> None:
+    """The placement comparison as a table: one row per placement and decoding."""
+    names = list(dict.fromkeys(name.split(": ", 1)[1] for name in results))  # in run order
+    if not names:
+        return
+    print("\n| augmentation | decode workers | delivered clips/s | clips per CPU-s | epoch s "
+          "| epoch clips/s | data wait | GPU util |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        d, e = results.get(f"delivered: {name}"), results.get(f"epoch: {name}")
+        workers = (d or e)["decode_workers"]
+        cells = [f"{d['clips_per_s']:.1f}", f"{d['clips_per_cpu_s']:.1f}"] if d else ["-", "-"]
+        if e:
+            util = "n/a" if e["gpu_util"] is None else f"{e['gpu_util']:.0f}%"
+            cells += [f"{e['epoch_s']:.1f}", f"{e['clips_per_s']:.1f}", f"{e['data_wait']:.0%}"]
+            cells.append(util)
+        else:
+            cells += ["-"] * 4
+        print(f"| {name} | {workers} | " + " | ".join(cells) + " |")
+
+
 def print_gpu(epochs: dict[str, dict[str, Any]], rounds: dict[str, dict[str, Any]]) -> None:
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.0f}%"
@@ -331,7 +400,12 @@ def main() -> None:
                         help="run the GPU stages on the CPU (smoke check of the script without a GPU)")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "fedvssl_bench_videos"))
     parser.add_argument("--quick", action="store_true", help="smoke run: 128 clips, 1 repeat")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"any of: {', '.join(PARTS)}")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if parts - set(PARTS):
+        unknown = sorted(parts - set(PARTS))
+        parser.error(f"--parts: unknown {unknown}; choose from {', '.join(PARTS)}")
     if args.quick:
         args.repeats = 1
     args.clips = args.clips or (128 if args.quick else 1907)
@@ -362,33 +436,45 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=1, default=float))
         return result
 
-    supply = stage("clip supply", lambda: measure_supply(shard, workers, args.repeats))
+    supply = None
+    if "supply" in parts:
+        supply = stage("clip supply", lambda: measure_supply(shard, workers, args.repeats))
     epochs: dict[str, dict[str, Any]] = {}
+    placement: dict[str, dict[str, Any]] = {}
     rounds: dict[str, dict[str, Any]] = {}
-    if device:
+    if device and "epochs" in parts:
         for name, mixed, extra in (("fp32", False, ()), ("mixed precision", True, ()),
                                    ("mixed precision, in-process decode", True, ("data.decode_workers=0",))):
             result = stage(f"epoch: {name}", lambda m=mixed, e=extra: one_epoch(
                 bench_config(device, cpus, m, *e), shard))
             if result:
                 epochs[name] = result
-        if stage("ray start", lambda: start_ray(cpus, device)):
-            import ray
+    if device and "rounds" in parts and stage("ray start", lambda: start_ray(cpus, device)):
+        import ray
 
-            share = max(1, cpus // ROUND_CLIENTS)
-            fraction = ("client.num_gpus=0.2",) if device == "cuda" else ()
-            for name, actors, cfg in (
-                ("1 actor", 1, bench_config(device, cpus, True)),
-                ("5 actors, client.num_gpus=0.2", ROUND_CLIENTS, bench_config(device, share, True, *fraction)),
-            ):
-                result = stage(f"round: {name}", lambda a=actors, c=cfg: one_round(c, shard, a))
-                if result:
-                    rounds[name] = result
-            ray.shutdown()
+        share = max(1, cpus // ROUND_CLIENTS)
+        fraction = ("client.num_gpus=0.2",) if device == "cuda" else ()
+        for name, actors, cfg in (
+            ("1 actor", 1, bench_config(device, cpus, True)),
+            ("5 actors, client.num_gpus=0.2", ROUND_CLIENTS,
+             bench_config(device, share, True, *fraction)),
+        ):
+            result = stage(f"round: {name}", lambda a=actors, c=cfg: one_round(c, shard, a))
+            if result:
+                rounds[name] = result
+        ray.shutdown()
+    if device and "placement" in parts:
+        part = shard[:PLACEMENT_CLIPS]
+        for name, (cfg, what) in placement_runs(device, cpus).items():
+            run = delivered if what == "delivered" else one_epoch
+            result = stage(f"placement, {name}", lambda r=run, c=cfg: r(c, part))
+            if result:
+                placement[name] = result
     report["wall_s"] = time.perf_counter() - started
     if supply:
         print_supply(supply)
     print_gpu(epochs, rounds)
+    print_placement(placement)
     if not device:
         print("\nno CUDA device: GPU stages not run (--train-on-cpu runs them on the CPU)")
     Path(args.json).write_text(json.dumps(report, indent=1, default=float))
