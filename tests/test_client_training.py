@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +12,15 @@ import torch
 
 from fedvssl_ray.config import Config, load_config
 from fedvssl_ray.data import decode
+from fedvssl_ray.data.manifest import VideoRecord
 from fedvssl_ray.data.pipeline import ClipStream, ShardCache
+from fedvssl_ray.data.shards import ShardStreams
 from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
 from fedvssl_ray.models import build_ctp_model, ctp_loss, get_weights
 from fedvssl_ray.training import client as client_module
 from fedvssl_ray.training import local as local_module
 from fedvssl_ray.training.client import ClientWorker
-from fedvssl_ray.training.local import LocalStats, SgdParams, train_local
+from fedvssl_ray.training.local import LocalParams, LocalStats, train_local
 from fedvssl_ray.training.messages import ClientResult, NeedHead, client_seed
 from fedvssl_ray.training.precision import Precision
 
@@ -130,7 +133,7 @@ def known_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Make the training loss of step i equal ``values[i]`` (the zero predictor scores 100)."""
     values: list[float] = []
 
-    def fake(preds, gt_trajs, gt_weights) -> dict[str, torch.Tensor]:
+    def fake(preds, gt_trajs, gt_weights, target_scale=1.0) -> dict[str, torch.Tensor]:
         if not torch.is_grad_enabled():
             return {"loss": torch.tensor(100.0)}
         return {"loss": preds.sum() * 0.0 + values.pop(0)}
@@ -176,7 +179,7 @@ def test_train_local_reports_every_step_and_the_zero_predictor() -> None:
     torch.manual_seed(0)
     model = build_ctp_model("r3d10_narrow", num_frames=CLIP_LEN, seed=1)
     batches = [fake_batch(2), fake_batch(2), fake_batch(1)]
-    stats = train_local(model, batches, SgdParams(), torch.device("cpu"))
+    stats = train_local(model, batches, LocalParams(), torch.device("cpu"))
     assert stats.steps == 3 and stats.clips == 5 and stats.batch_sizes == (2, 2, 1)
     assert stats.mean_loss == pytest.approx(sum(stats.losses) / 3)
     zeros = [
@@ -188,7 +191,7 @@ def test_train_local_reports_every_step_and_the_zero_predictor() -> None:
     # the head starts at 1e-3 scale, so the first step predicts about zero: ratio near 1
     assert stats.losses[0] / zeros[0] == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="no training batches"):
-        train_local(model, [], SgdParams(), torch.device("cpu"))
+        train_local(model, [], LocalParams(), torch.device("cpu"))
 
 
 def test_client_reports_the_zero_loss_over_all_steps() -> None:
@@ -406,10 +409,58 @@ def test_autocast_and_loss_scaling_train_in_fp32_weights(dtype: torch.dtype) -> 
     torch.manual_seed(0)
     model = build_ctp_model("r3d10_narrow", num_frames=CLIP_LEN, seed=1)
     before = get_weights(model)
-    stats = train_local(model, [fake_batch(1)], SgdParams(grad_clip=1.0), torch.device("cpu"),
+    stats = train_local(model, [fake_batch(1)], LocalParams(grad_clip=1.0), torch.device("cpu"),
                         precision=Precision("cpu", dtype))
     assert stats.steps == 1 and math.isfinite(stats.losses[0])
     after = get_weights(model)
     assert all(after[k].dtype == before[k].dtype for k in before)
     assert not np.array_equal(after["head.pred_head.weight"], before["head.pred_head.weight"])
 
+
+
+def test_optimizer_and_target_scale_keys_reach_the_local_round(monkeypatch) -> None:
+    """``client.optimizer=adamw`` builds one fresh AdamW per round; ``client.target_scale``
+    shrinks the targets, so the zero predictor's loss is scored on the scaled targets."""
+    made: list[torch.optim.AdamW] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    stream = FakeStream([2, 2])
+    cfg = tiny_config("client.optimizer=adamw", "client.lr=0.002", "client.target_scale=10")
+    worker = ClientWorker(cfg, lambda c: stream)
+    result = trained(worker, worker.initial_global(), 1, 0)
+    assert len(made) == 1 and made[0].param_groups[0]["lr"] == 0.002
+    assert made[0].param_groups[0]["weight_decay"] == cfg.client.weight_decay
+
+    def zero_loss(scale: float) -> float:
+        return float(np.mean([
+            ctp_loss(torch.zeros(b["gt_trajs"].shape[0] * PATCHES, 4 * CLIP_LEN), b["gt_trajs"],
+                     b["gt_weights"], scale)["loss"].item()
+            for b in stream.yielded
+        ]))
+
+    assert result.zero_loss == pytest.approx(zero_loss(10.0), rel=1e-6)
+    assert zero_loss(10.0) < zero_loss(1.0) / 5  # the targets are 10x smaller
+
+
+def test_patch_speed_scales_how_far_the_patches_move(tiny_videos) -> None:
+    """``data.patch_speed`` (through load_config and a run's client stream): 0 keeps every patch
+    centre where it starts; 3 moves them farther than the reference speed."""
+    root = Path(tiny_videos[0][1]).parent
+    records = tuple(
+        VideoRecord(vid, Path(path).name, 0, "c", 24, 25.0, 64, 48, "mpeg4", 0)
+        for vid, path in tiny_videos
+    )
+
+    def mean_travel(speed: str) -> float:
+        stream = ShardStreams((records,), root, tiny_config(f"data.patch_speed={speed}"))(0)
+        trajs = torch.cat([b["gt_trajs"] for b in stream.batches(1)])
+        centres = (trajs[..., :2] + trajs[..., 2:]) / 2
+        return (centres - centres[:, :, :1]).abs().mean().item()
+
+    assert mean_travel("0") <= 0.5  # rounding of the boxes only
+    assert mean_travel("3") > 1.5 * mean_travel("1") > 0

@@ -71,6 +71,9 @@ def test_overrides_are_typed():
         ("data.crop_size=100", r"data\.crop_size=100 must be a multiple of 16"),
         ("data.root=", r"data\.root is empty: it must name a folder"),
         ("client.lr=-1", r"client\.lr=-1\.0 must be > 0"),
+        ("client.optimizer=adam", r"client\.optimizer.*choose one of \['sgd', 'adamw'\]"),
+        ("client.target_scale=0", r"client\.target_scale=0\.0 must be > 0"),
+        ("data.patch_speed=-1", r"data\.patch_speed=-1\.0 must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(text, pattern):

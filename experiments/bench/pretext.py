@@ -23,39 +23,36 @@ import time
 
 import torch
 
-from fedvssl_ray.checkpoint import save_json_atomic
+from fedvssl_ray.checkpoint import save_arrays, save_json_atomic
 from fedvssl_ray.config import load_config
 from fedvssl_ray.data.shards import ClientShards
 from fedvssl_ray.models import ctp
+from fedvssl_ray.models.weights import get_weights
 from fedvssl_ray.training.client import seeded_ctp_model
-from fedvssl_ray.training.local import to_device
+from fedvssl_ray.training.local import LocalParams, make_optimizer, to_device
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="synthetic", help="preset or config file")
-    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     parser.add_argument("--steps", type=int, default=480)
     parser.add_argument("--every", type=int, default=48, help="steps per report")
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop after this (0: never)")
-    parser.add_argument("--target-scale", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", help="JSON file for the reports")
+    parser.add_argument("--save", help="write the trained backbone here (.npz, for evaluate.py)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [*args.overrides, "num_clients=1", "clients_per_round=1",
                                     "client.replay=false"])
-    ctp.TARGET_STDS = tuple(args.target_scale * s for s in ctp.TARGET_STDS)
     stream = ClientShards.from_config(cfg).stream_factory()(0)
     model = seeded_ctp_model(cfg)
     model.train()
     c = cfg.client
-    optimizer = (torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-                 if args.optimizer == "adamw" else
-                 torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
-                                 weight_decay=c.weight_decay))
+    optimizer = make_optimizer(model, LocalParams(c.lr, c.momentum, c.weight_decay,
+                                                  optimizer=c.optimizer))
     reports, loss_sum, zero_sum, pred_sum, step, start = [], 0.0, 0.0, 0.0, 0, time.perf_counter()
     epoch = 0
     while step < args.steps:
@@ -63,9 +60,9 @@ def main() -> int:
         for batch in stream.batches(epoch, 0):
             imgs, trajs, weights = to_device(batch, torch.device("cpu"))  # augments a decoded one
             preds = model(imgs, ctp.make_rois(trajs))
-            loss = ctp.ctp_loss(preds, trajs, weights)["loss"]
+            loss = ctp.ctp_loss(preds, trajs, weights, c.target_scale)["loss"]
             with torch.no_grad():
-                zero = ctp.ctp_loss(torch.zeros_like(preds), trajs, weights)["loss"]
+                zero = ctp.ctp_loss(torch.zeros_like(preds), trajs, weights, c.target_scale)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip:
@@ -87,6 +84,10 @@ def main() -> int:
             break
     if args.out:
         save_json_atomic(args.out, reports)
+    if args.save:
+        keys = [k for k in model.state_dict() if k.startswith("backbone.")]
+        save_arrays(args.save, get_weights(model, keys), {"pretext_steps": step})
+        print(f"wrote the backbone after {step} steps to {args.save}")
     return 0
 
 

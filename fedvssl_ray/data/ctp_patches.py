@@ -84,14 +84,15 @@ def sample_trajectories(
     width: int,
     *,
     num_frames: int = 16,
+    speed: float = 1.0,
 ) -> np.ndarray:
     """Integer boxes ``[N, T, 4]`` from the initial centres/sizes: key-frame random walks.
 
-    Centres move by U(-3D, 3D) per key gap D, clipped so that a box of the INITIAL size stays
+    Centres move by U(-3D, 3D) per key gap D (times ``speed``; 1 is the reference), clipped so that a box of the INITIAL size stays
     inside; sizes walk by exp(U(-0.025D, 0.025D)) unclipped. Both are interpolated with random
     profiles, then boxes are clipped, rounded half to even and clipped again.
     """
-    velocity = LOCATION_VELOCITY * min(height, width) / REFERENCE_SIZE
+    velocity = speed * LOCATION_VELOCITY * min(height, width) / REFERENCE_SIZE
     frame = np.array([width, height], dtype=np.float64)
     low, high = sizes / 2, frame - sizes / 2
 
@@ -116,11 +117,15 @@ def sample_trajectories(
 
 
 def sample_patch_plan(
-    rng: np.random.Generator, num_frames: int, height: int, width: int, *, num_patches: int = NUM_PATCHES
+    rng: np.random.Generator, num_frames: int, height: int, width: int, *,
+    num_patches: int = NUM_PATCHES, speed: float = 1.0,
 ) -> PatchPlan:
-    """Every random draw of PatchMask for one ``[T, H, W]`` clip, in the reference order."""
+    """Every random draw of PatchMask for one ``[T, H, W]`` clip, in the reference order
+    (``speed`` scales the patches' centre velocity; 1 is the reference)."""
     centres, sizes = sample_initial_boxes(rng, height, width, num_patches=num_patches)
-    boxes = sample_trajectories(rng, centres, sizes, height, width, num_frames=num_frames)
+    boxes = sample_trajectories(
+        rng, centres, sizes, height, width, num_frames=num_frames, speed=speed
+    )
     src = np.empty(num_patches, np.int64)
     shape = np.empty(num_patches, np.int64)
     soft_edge = np.zeros(num_patches)

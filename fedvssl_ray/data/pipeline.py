@@ -586,6 +586,7 @@ class ClipStream:
         task_cpus: float = 0.0,
         pad: bool = True,
         augment_on: Literal["cpu", "device"] = "cpu",
+        patch_speed: float = 1.0,
     ) -> None:
         if backend not in ("local", "ray_data"):
             raise ValueError(f"unknown backend {backend!r}; choose one of ['local', 'ray_data']")
@@ -599,7 +600,7 @@ class ClipStream:
             raise ValueError("augment_on='device' needs backend='local' (Ray Data augments)")
         store = "object_store" if backend == "ray_data" else "memory"
         self.cache = ShardCache(records, read_bytes, store=store)
-        self.preset = CtpTrainPreset(crop_size=crop_size)
+        self.preset = CtpTrainPreset(crop_size=crop_size, patch_speed=patch_speed)
         self.clip_len, self.batch_size = clip_len, batch_size
         self.seed, self.client_id = seed, client_id
         if workers is None:

@@ -96,6 +96,7 @@ class ShardStreams:
             client_id=client_id,
             backend=self.cfg.data.loader,
             augment_on=self.cfg.data.augment_on,
+            patch_speed=self.cfg.data.patch_speed,
             **decode_options(self.cfg),
         )
 

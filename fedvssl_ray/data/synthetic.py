@@ -1,8 +1,9 @@
 """The built-in dataset: short videos whose class is a kind of motion, laid out like UCF-101.
 
 Every video shows two textured objects (ellipses or rectangles with random colour textures)
-over a background mosaic of flat coloured cells (version 3; version 2's fine, muted texture hid
-every CtP patch cut from it) that pans in a random direction. The class decides only
+over a background mosaic of small flat coloured cells (version 4: cells about a ninth of the
+short side, smaller than a CtP patch; version 3's large cells hid every patch cut from inside one,
+version 2's fine, muted texture every patch) that pans in a random direction. The class decides only
 how the objects move, in one of four families, each with direction or speed variants:
 
 * ``Translate<deg>``: both objects drift in the class's direction (wrapping around the frame);
@@ -44,7 +45,7 @@ import numpy as np
 from fedvssl_ray.data.prepare.common import PrepareError
 from fedvssl_ray.data.prepare.ucf101 import prepare_ucf101
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 STAMP_NAME = "synthetic.json"
 FAMILIES = ("Translate", "Rotate", "Zoom", "Orbit")
 CLIPS_PER_GROUP = 2
@@ -175,22 +176,36 @@ def _smooth_texture(rng: np.random.Generator, height: int, width: int, cell: int
     return np.clip(top * (1 - fy) + bottom * fy + grain, 0, 255)
 
 
-def _cell_texture(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+def _cell_texture(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
     """Seamlessly periodic mosaic (float32 0..255): flat random colours in toroidal Voronoi
-    cells, lightly shaded and grained. Every region has edges and a colour of its own, so a
-    CtP patch cut from the background stands out wherever it is pasted (on a fine uniform
-    texture it would be invisible and its trajectory unlearnable)."""
-    seeds = rng.random((cells, 2), dtype=np.float32) * np.array([height, width], np.float32)
-    colours = rng.uniform(25, 230, (cells, 3)).astype(np.float32)
-    ys = np.arange(height, dtype=np.float32)[:, None, None]
-    xs = np.arange(width, dtype=np.float32)[None, :, None]
-    dy = _wrap(ys - seeds[None, None, :, 0], height)
-    dx = _wrap(xs - seeds[None, None, :, 1], width)
-    dist = dy * dy + dx * dx  # [H, W, cells]
-    nearest = np.argmin(dist, axis=2)
-    shade = 1 - 0.25 * np.sqrt(np.min(dist, axis=2)) / max(height, width) * math.sqrt(cells)
+    cells about ``cell`` pixels across, lightly shaded and grained. Cells smaller than a CtP
+    patch give every patch edges of its own, so it stands out wherever it is pasted (on a fine,
+    muted texture, or inside one large flat cell, it is invisible and its trajectory
+    unlearnable). One seed per square of a jittered grid: each pixel's nearest seed is among
+    the 3x3 squares around its own, which keeps the cost linear in the pixels."""
+    rows, cols = max(3, round(height / cell)), max(3, round(width / cell))
+    step = np.array([height / rows, width / cols], np.float32)
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), axis=-1)
+    seeds = (grid + rng.random((rows, cols, 2), dtype=np.float32)) * step  # [rows, cols, 2]
+    colours = rng.uniform(25, 230, (rows, cols, 3)).astype(np.float32)
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    home_r = (ys / step[0]).astype(np.intp) + np.zeros_like(xs, dtype=np.intp)  # [H, W]
+    home_c = (xs / step[1]).astype(np.intp) + np.zeros_like(ys, dtype=np.intp)
+    best = np.full((height, width), np.inf, np.float32)
+    nearest = np.zeros((height, width, 2), np.intp)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r, c = (home_r + dr) % rows, (home_c + dc) % cols
+            dy = _wrap(ys - seeds[r, c, 0], height)
+            dx = _wrap(xs - seeds[r, c, 1], width)
+            dist = dy * dy + dx * dx
+            closer = dist < best
+            best = np.where(closer, dist, best)
+            nearest[closer] = np.stack([r[closer], c[closer]], axis=-1)
+    shade = 1 - 0.25 * np.sqrt(best) / cell
     grain = 16 * rng.random((height, width, 3), dtype=np.float32) - 8
-    return np.clip(colours[nearest] * shade[..., None] + grain, 0, 255)
+    return np.clip(colours[nearest[..., 0], nearest[..., 1]] * shade[..., None] + grain, 0, 255)
 
 
 def _wrap(d: np.ndarray, period: float) -> np.ndarray:
@@ -211,7 +226,7 @@ def render_video(spec: SyntheticSpec, label: int, video: int) -> np.ndarray:
 
     # Background: a periodic texture twice the frame size, panned at a random velocity
     # (independent of the class); tiled 2x2 so every frame is one contiguous window.
-    bg = _cell_texture(rng, 2 * height, 2 * width, cells=32)
+    bg = _cell_texture(rng, 2 * height, 2 * width, cell=short / 9)
     tiled = np.tile(bg, (2, 2, 1))
     pan_angle, pan_speed = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.6) * short / 120
     oy = np.round(tau * pan_speed * math.sin(pan_angle)).astype(np.intp) % (2 * height)

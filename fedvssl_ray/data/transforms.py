@@ -215,8 +215,10 @@ class CtpTrainPreset:
         brightness_delta: float = 30.0,
         contrast_p: float = 0.5,
         contrast_delta: float = 0.12,
+        patch_speed: float = 1.0,
     ) -> None:
         self.crop_size = crop_size
+        self.patch_speed = patch_speed
         self.short_edges = tuple(_scaled(s, crop_size) for s in short_edges)
         self.flip_p = flip_p
         self.hue_sat_p, self.hue_delta, self.sat_delta = hue_sat_p, hue_delta, sat_delta
@@ -230,7 +232,9 @@ class CtpTrainPreset:
         x = int(rng.integers(0, size[0] - self.crop_size + 1))
         y = int(rng.integers(0, size[1] - self.crop_size + 1))
         flip = bool(rng.random() < self.flip_p)
-        plan = sample_patch_plan(rng, num_frames, self.crop_size, self.crop_size)
+        plan = sample_patch_plan(
+            rng, num_frames, self.crop_size, self.crop_size, speed=self.patch_speed
+        )
         hue_sat = brightness = contrast = None
         u = rng.random()
         if 0 < u < self.hue_sat_p:

@@ -8,6 +8,8 @@ https://arxiv.org/abs/2105.02545.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -91,9 +93,11 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, size
 
 
-def encode_targets(rois: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def encode_targets(
+    rois: torch.Tensor, boxes: torch.Tensor, stds: Sequence[float] = TARGET_STDS
+) -> torch.Tensor:
     """Normalised deltas of ``boxes [...,T,4]`` relative to ``rois [...,4]`` (frame-0 boxes)."""
-    stds = boxes.new_tensor(TARGET_STDS)
+    stds = boxes.new_tensor(stds)
     rc, rs = _centre_size(rois.unsqueeze(-2))
     gc, gs = _centre_size(boxes)
     return torch.cat([gc - rc, torch.log(gs) - torch.log(rs)], dim=-1) / stds
@@ -109,15 +113,18 @@ def decode_targets(rois: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
 
 
 def ctp_loss(
-    preds: torch.Tensor, gt_trajs: torch.Tensor, gt_weights: torch.Tensor
+    preds: torch.Tensor, gt_trajs: torch.Tensor, gt_weights: torch.Tensor,
+    target_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Smooth-L1 (beta 1) on centre and size deltas, each summed and divided by the weight count.
 
     ``preds [B*N, 4T]``, ``gt_trajs [B,N,T,4]``, ``gt_weights [B,N,T]`` ->
-    ``{"loss_ctr", "loss_size", "loss"}``.
+    ``{"loss_ctr", "loss_size", "loss"}``. ``target_scale`` multiplies the target stds (the
+    targets shrink by that factor); 1 is the reference.
     """
     b, n, t, _ = gt_trajs.shape
-    targets = encode_targets(gt_trajs[:, :, 0], gt_trajs)
+    stds = tuple(target_scale * s for s in TARGET_STDS)
+    targets = encode_targets(gt_trajs[:, :, 0], gt_trajs, stds)
     diff = (preds.view(b, n, t, 4) - targets).abs()
     per_elem = torch.where(diff < 1, 0.5 * diff * diff, diff - 0.5) * gt_weights.unsqueeze(-1)
     count = gt_weights.sum().clamp(min=1)

@@ -30,7 +30,7 @@ from ..models import (
     keys_with_prefix,
     set_weights,
 )
-from .local import LocalStats, SgdParams, train_local
+from .local import LocalParams, LocalStats, train_local
 from .messages import ClientResult, NeedHead, client_seed
 from .precision import choose_precision
 from .strategy_params import strategy_params
@@ -88,8 +88,9 @@ class ClientWorker:
         self.heads: OrderedDict[int, tuple[int, Weights]] = OrderedDict()
         self.streams: OrderedDict[int, ClientStream] = OrderedDict()
         self.bad_videos: dict[int, set[str]] = {}  # of evicted streams, excluded when rebuilt
-        self.sgd = SgdParams(
-            cfg.client.lr, cfg.client.momentum, cfg.client.weight_decay, cfg.client.grad_clip
+        c = cfg.client
+        self.params = LocalParams(
+            c.lr, c.momentum, c.weight_decay, c.grad_clip, c.optimizer, c.target_scale
         )
 
     def train(
@@ -122,7 +123,7 @@ class ClientWorker:
         loaded = time.perf_counter()
         batches = round_batches(stream, data_round, self.cfg.client.local_epochs)
         stats = train_local(
-            self.model, batches, self.sgd, self.device, precision=self.precision,
+            self.model, batches, self.params, self.device, precision=self.precision,
             channels_last=self.channels_last,
         )
         loss = self._reported_loss(stats, client_id)

@@ -1,4 +1,4 @@
-"""One client's local CtP round: one fresh SGD for all its epochs, gradient clipping, per-step losses.
+"""One client's local CtP round: one fresh optimiser for all its epochs, gradient clipping, per-step losses.
 
 On a CUDA device batches go through pinned host memory with asynchronous copies, the forward
 pass runs in the precision :func:`~fedvssl_ray.training.precision.choose_precision` picked, and
@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -24,13 +25,16 @@ BATCH_TENSORS = ("imgs", "gt_trajs", "gt_weights")
 
 
 @dataclass(frozen=True)
-class SgdParams:
-    """The local optimiser: constant-LR SGD, rebuilt every round (FEDVSSL.md §5)."""
+class LocalParams:
+    """The local optimiser, constant-LR and rebuilt every round (FEDVSSL.md §5: SGD), and the
+    CtP target scale (1: the reference)."""
 
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
     grad_clip: float = 40.0  # max global L2 norm; 0 disables clipping
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    target_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,12 @@ class LocalStats:
         return math.fsum(self.losses) / len(self.losses)
 
 
-def make_optimizer(model: CtpModel, params: SgdParams) -> torch.optim.SGD:
-    """A new SGD over every parameter: no momentum state carried in from an earlier round."""
+def make_optimizer(model: CtpModel, params: LocalParams) -> torch.optim.Optimizer:
+    """A new optimiser over every parameter: no state carried in from an earlier round."""
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+        )
     return torch.optim.SGD(
         model.parameters(), lr=params.lr, momentum=params.momentum,
         weight_decay=params.weight_decay,
@@ -68,7 +76,7 @@ def make_optimizer(model: CtpModel, params: SgdParams) -> torch.optim.SGD:
 def train_local(
     model: CtpModel,
     batches: Iterable[Batch],
-    params: SgdParams,
+    params: LocalParams,
     device: torch.device,
     *,
     precision: Precision = FP32,
@@ -95,9 +103,11 @@ def train_local(
         with precision.autocast():
             preds = model(imgs, make_rois(gt_trajs))
         preds = preds.float()
-        loss = ctp_loss(preds, gt_trajs, gt_weights)["loss"]
+        loss = ctp_loss(preds, gt_trajs, gt_weights, params.target_scale)["loss"]
         with torch.no_grad():
-            zero = ctp_loss(torch.zeros_like(preds), gt_trajs, gt_weights)["loss"]
+            zero = ctp_loss(
+                torch.zeros_like(preds), gt_trajs, gt_weights, params.target_scale
+            )["loss"]
         optimizer.zero_grad(set_to_none=True)
         scaled_step(loss, optimizer, scaler, model.parameters(), params.grad_clip)
         value = loss.item()
