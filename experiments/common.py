@@ -19,16 +19,18 @@ from fedvssl_ray.config import (
 )
 
 
-def config_parser(description: str, argv: list[str] | None = None) -> argparse.ArgumentParser:
+def config_parser(
+    description: str, argv: list[str] | None = None, default_preset: str = DEFAULT_PRESET
+) -> argparse.ArgumentParser:
     """An argument parser with ``--config PRESET_OR_FILE`` and positional overrides; its help
     lists every key with the value the chosen preset gives it."""
-    preset = _preset_in(sys.argv[1:] if argv is None else argv)
+    preset = _preset_in(sys.argv[1:] if argv is None else argv, default_preset)
     try:
         shown = load_config(preset)
     except ConfigError:  # reported properly when the arguments are parsed
-        preset, shown = DEFAULT_PRESET, load_config(DEFAULT_PRESET)
+        preset, shown = default_preset, load_config(default_preset)
     epilog = (
-        f"presets: {', '.join(preset_names())} (default {DEFAULT_PRESET}), or a .yaml/.json file\n"
+        f"presets: {', '.join(preset_names())} (default {default_preset}), or a .yaml/.json file\n"
         "override any key as key=value with dotted keys, e.g.\n"
         "  strategy.alpha=1 rounds=100 client.num_gpus=1\n\n"
         f"keys (values of the {preset!r} preset):\n{describe_keys(shown)}"
@@ -37,7 +39,7 @@ def config_parser(description: str, argv: list[str] | None = None) -> argparse.A
         description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--config", default=DEFAULT_PRESET, metavar="PRESET_OR_FILE",
+        "--config", default=default_preset, metavar="PRESET_OR_FILE",
         help="preset name or config file (default: %(default)s)",
     )
     parser.add_argument(
@@ -47,10 +49,10 @@ def config_parser(description: str, argv: list[str] | None = None) -> argparse.A
     return parser
 
 
-def _preset_in(argv: list[str]) -> str:
+def _preset_in(argv: list[str], default: str) -> str:
     """The ``--config`` value among the arguments, before they are parsed (for ``--help``)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=DEFAULT_PRESET)
+    pre.add_argument("--config", default=default)
     return pre.parse_known_args(argv)[0].config
 
 

@@ -39,7 +39,7 @@ SWEEP_FILE = "sweep.json"
 
 
 def parse_args(argv: list[str] | None):
-    parser = config_parser(__doc__, argv)
+    parser = config_parser(__doc__, argv, default_preset="synthetic-sweep")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="sweep KEY over the values (repeatable); default: the six variants")
     parser.add_argument("--metric", default="R@1", choices=METRICS,

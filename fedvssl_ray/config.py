@@ -341,12 +341,31 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def load_config(preset: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the preset file, then ``key=value`` overrides; validated."""
+def preset_layers(preset: str, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The preset file's values after those of its ``base:`` preset (recursively), base first.
+
+    ``base: NAME`` (a preset name or a file path) lets a preset be a few changes to another.
+    """
     path = preset_path(preset)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"config file {str(path)!r}: its base presets form a cycle ({chain})")
     values = read_config_file(path)
-    cfg = _apply_mapping(Config(), values, f" in {path}")
-    file_keys = set(flatten(values))
+    base = values.pop("base", None)
+    if base is None:
+        return [(path, values)]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base in {path} must name a preset or a config file, got {base!r}")
+    return [*preset_layers(base, (*_seen, path.resolve())), (path, values)]
+
+
+def load_config(preset: str = DEFAULT_PRESET, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the preset file (after its ``base:`` presets), then ``key=value``
+    overrides; validated."""
+    cfg, file_keys = Config(), set()
+    for path, values in preset_layers(preset):
+        cfg = _apply_mapping(cfg, values, f" in {path}")
+        file_keys |= set(flatten(values))
     override_keys = {parse_override(text)[0] for text in overrides}
     # keys set in the layer that chose the strategy, or later, must agree with it
     chosen_here = "strategy.name" in file_keys and "strategy.name" not in override_keys

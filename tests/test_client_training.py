@@ -28,12 +28,15 @@ CROP, CLIP_LEN, PATCHES = 32, 8, 3
 
 
 def tiny_config(*extra: str) -> Config:
-    """The synthetic preset shrunk to 8x32x32 clips, one local epoch, batch 2, no replay."""
+    """The synthetic preset shrunk to 8x32x32 clips, one local epoch, batch 2, no replay, with
+    the reference optimiser (SGD), targets and head init."""
     return load_config(
         "synthetic",
         [
             "model.backbone=r3d10_narrow", f"data.crop_size={CROP}", f"data.clip_len={CLIP_LEN}",
-            "client.batch_size=2", "client.local_epochs=1", "client.replay=false", *extra,
+            "client.batch_size=2", "client.local_epochs=1", "client.replay=false",
+            "client.optimizer=sgd", "client.lr=0.01", "client.target_scale=1",
+            "model.head_init_std=0.001", *extra,
         ],
     )
 
@@ -376,7 +379,9 @@ def test_head_init_std_scales_the_head_init_and_leaves_the_backbone():
     from fedvssl_ray.training.client import seeded_ctp_model
 
     base = ["model.backbone=r3d10_narrow", "data.crop_size=32", "data.clip_len=8"]
-    reference = seeded_ctp_model(load_config("synthetic", base)).state_dict()
+    reference = seeded_ctp_model(
+        load_config("synthetic", [*base, "model.head_init_std=0.001"])
+    ).state_dict()
     wider = seeded_ctp_model(load_config("synthetic", [*base, "model.head_init_std=0.01"]))
     for key, value in wider.state_dict().items():
         if key.startswith("backbone."):

@@ -66,7 +66,7 @@ def test_overrides_are_typed():
         ("resume=maybe", r"resume='maybe' is not a boolean"),
         ("strategy=1", r"strategy is a section.*strategy\.alpha"),
         ("rounds", r"not of the form key=value"),
-        ("clients_per_round=9", r"clients_per_round=9 must be in \[1, num_clients=5\]"),
+        ("clients_per_round=9", r"clients_per_round=9 must be in \[1, num_clients=2\]"),
         ("strategy.alpha=1.5", r"strategy\.alpha=1\.5 must be in \[0, 1\]"),
         ("data.crop_size=100", r"data\.crop_size=100 must be a multiple of 16"),
         ("data.root=", r"data\.root is empty: it must name a folder"),
@@ -90,6 +90,35 @@ def test_preset_file_errors_name_file_and_key(tmp_path):
         load_config("nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_a_preset_file_can_build_on_a_base_preset(tmp_path):
+    """``base: NAME`` applies that preset first; the file's own keys and overrides win."""
+    child = tmp_path / "short.yaml"
+    child.write_text("base: synthetic\nrounds: 3\nclient: {local_epochs: 2}\n")
+    cfg = load_config(str(child), ["client.lr=0.005"])
+    synthetic = load_config("synthetic")
+    assert (cfg.rounds, cfg.client.local_epochs, cfg.client.lr) == (3, 2, 0.005)
+    assert cfg.data == synthetic.data and cfg.model == synthetic.model
+    grandchild = tmp_path / "shorter.yaml"
+    grandchild.write_text(f"base: {child}\nrounds: 2\n")
+    assert load_config(str(grandchild)).client.local_epochs == 2
+    sweep = load_config("synthetic-sweep")
+    assert sweep.rounds < synthetic.rounds and sweep.strategy == synthetic.strategy
+
+
+def test_base_preset_mistakes_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"base: {b}\n")
+    b.write_text(f"base: {a}\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml.*cycle.*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(str(a))
+    a.write_text("base: nope\n")
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config(str(a))
+    a.write_text("base: [synthetic]\n")
+    with pytest.raises(ConfigError, match=r"base in .*a\.yaml must name a preset"):
+        load_config(str(a))
 
 
 def test_round_trip_through_dict_and_json(tmp_path):

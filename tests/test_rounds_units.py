@@ -41,14 +41,16 @@ def test_thread_plan_gives_the_lone_last_client_every_core():
 
 
 def test_actor_plan():
-    cfg = load_config("synthetic", ["client.num_actors=0"])
+    cfg = load_config("synthetic", ["client.num_actors=0", "num_clients=5", "clients_per_round=5"])
     assert plan_actors(cfg, cluster_cpus=2, cluster_gpus=0) == 2
     assert plan_actors(cfg, cluster_cpus=16, cluster_gpus=0) == 5  # capped by clients_per_round
-    two_cpus_each = load_config("synthetic", ["client.num_cpus=2"])
+    two_cpus_each = load_config(
+        "synthetic", ["client.num_cpus=2", "num_clients=5", "clients_per_round=5"]
+    )
     assert plan_actors(two_cpus_each, cluster_cpus=8, cluster_gpus=0) == 4
     gpu = load_config("ucf101")
     assert plan_actors(gpu, cluster_cpus=16, cluster_gpus=2) == 2
-    fixed = load_config("synthetic", ["client.num_actors=3"])
+    fixed = load_config("synthetic", ["client.num_actors=3", "num_clients=5", "clients_per_round=5"])
     assert plan_actors(fixed, cluster_cpus=2, cluster_gpus=0) == 3
 
 

@@ -18,7 +18,7 @@ def strategy_for(*overrides: str):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ((), {"alpha": 0.9, "beta": 1, "decay": 0.5, "shared": "backbone"}),
+        ((), {"alpha": 0.9, "beta": 0, "decay": 0.5, "shared": "backbone"}),  # the preset
         (("strategy.alpha=0.3", "strategy.beta=0", "strategy.decay=0.25", "strategy.shared=all"),
          {"alpha": 0.3, "beta": 0, "decay": 0.25, "shared": "all"}),
         (("strategy.name=fedavg", "strategy.beta=1", "strategy.decay=0.3"),

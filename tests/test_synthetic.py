@@ -94,7 +94,7 @@ def test_a_single_frame_does_not_reveal_the_class_but_motion_does():
 
     # Translation classes 0 (rightwards) and 4 (leftwards): their mean horizontal shift of
     # frame differences points the right way (diluted by the background's random pan, whose
-    # cell edges also move).
+    # many cell edges also move), while rotation and zoom (classes 1, 2) show no such drift.
     def horizontal_flow(video: np.ndarray) -> float:
         grey = video.mean(axis=-1)
         dt, dx = grey[1:] - grey[:-1], np.gradient(grey, axis=2)[:-1]
@@ -102,7 +102,9 @@ def test_a_single_frame_does_not_reveal_the_class_but_motion_does():
 
     right = np.mean([horizontal_flow(v) for v in videos[0]])
     left = np.mean([horizontal_flow(v) for v in videos[4]])
-    assert right > 0.15 and left < -0.15
+    assert right > 0.07 and left < -0.07
+    for still in (1, 2):
+        assert abs(np.mean([horizontal_flow(v) for v in videos[still]])) < 0.05
 
 
 def test_decoded_frames_match_the_rendered_ones(tmp_path):
@@ -110,7 +112,8 @@ def test_decoded_frames_match_the_rendered_ones(tmp_path):
     record = load_manifest(root / "manifests" / "train_split1.parquet").records[0]
     decoded = read_frames(root / "raw" / record.path, [0, 15]).astype(int)
     rendered = render_video(SyntheticSpec(**{k: v for k, v in TINY.items() if k != "log"}), 0, 2)
-    assert np.abs(decoded - rendered[[0, 15]].astype(int)).mean() < 12  # lossy MPEG-4
+    # lossy MPEG-4 at the codec's default bit rate (the mosaic's many cell edges cost ~17 levels)
+    assert np.abs(decoded - rendered[[0, 15]].astype(int)).mean() < 20
 
 
 def run_prepare(*args: str) -> subprocess.CompletedProcess:
@@ -170,8 +173,8 @@ def test_show_clips_draws_a_clients_clips_with_their_patch_boxes(tmp_path, monke
     common = [f"data.root={root}", "num_clients=2", "clients_per_round=2"]
     out = tmp_path / "pics" / "clips.png"
     assert cli.main([*common, f"out={out}", "clips=2", "step=4", "zoom=2"]) == 0
-    with Image.open(out) as image:  # 2 rows of 64x64 clips, frames 0, 4, 8, 12, zoomed x2
-        assert image.size == (4 * 128, 2 * 128)
+    with Image.open(out) as image:  # 2 rows of 64x64 clips of 8 frames: 0 and 4, zoomed x2
+        assert image.size == (2 * 128, 2 * 128)
     with pytest.raises(SystemExit) as stop:
         cli.main([*common, "client=5"])
     assert stop.value.code == 2 and "num_clients=2" in capsys.readouterr().err
