@@ -33,7 +33,8 @@ def tiny_config(root, run_dir, *extra: str):
             f"data.root={root}", f"run_dir={run_dir}", "rounds=2", "num_clients=3",
             "clients_per_round=3", "data.crop_size=32", "client.batch_size=2",
             "client.torch_threads=1", "client.num_actors=2", "client.num_cpus=0.5",
-            "eval.every=0", *extra,
+            "eval.every=0", "data.clip_len=16", "client.local_epochs=4", "client.replay=true",
+            *extra,
         ],
     )
 

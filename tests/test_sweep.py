@@ -24,7 +24,8 @@ TRIALS = ["alpha=0.0,beta=0", "alpha=0.0,beta=1", "alpha=1.0,beta=0", "alpha=1.0
 
 
 def test_trial_config_and_placement_group():
-    base = load_config("synthetic", ["eval.every=5", "client.num_cpus=0.5", "eval.num_cpus=1"])
+    base = load_config("synthetic", ["eval.every=5", "client.num_cpus=0.5", "eval.num_cpus=1",
+                                     "num_clients=5", "clients_per_round=5"])
     cfg = trial_config(base, {"strategy.alpha": 0.0, "strategy.beta": 1}, "/sweeps/s")
     assert cfg.strategy.alpha == 0.0 and cfg.strategy.beta == 1
     assert cfg.run_dir == "/sweeps/s/runs/alpha=0.0,beta=1"

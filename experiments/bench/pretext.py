@@ -3,17 +3,17 @@
 It builds the run's CtP model at its seeded init (``seeded_ctp_model``) and the clip stream of
 client 0 of ``--config PRESET [key=value ...]`` (with ``num_clients=1``: the whole train split,
 no federation), then trains on epoch after epoch of new clips (the stream's epoch ``e`` of round
-``e``: new frames, augmentations and patches every time, never a replayed clip) with SGD
-(momentum 0.9, the config's lr, weight decay and grad clip) or AdamW. Every ``--every`` steps it
-prints the mean CtP loss relative to the all-zero predictor's on the same batches (1.0: nothing
-learnt) and the mean |prediction|, until ``--steps`` or ``--budget-s``. ``--target-scale K``
-multiplies CtP's target stds by K (targets K times smaller: smooth-L1's quadratic range instead of
-its L1 range), a probe of the loss's scale, not a training option. Output: one line per report and
-a JSON list with ``--out``.
+``e``: new frames, augmentations and patches every time, never a replayed clip) with the
+config's local optimiser (``client.optimizer``: SGD with momentum, or AdamW; its lr, weight decay
+and grad clip) on CtP's loss at ``client.target_scale``. Every ``--every`` steps it prints the
+mean CtP loss relative to the all-zero predictor's on the same batches (1.0: nothing learnt) and
+the mean |prediction|, until ``--steps`` or ``--budget-s``. Output: one line per report, a JSON
+list with ``--out``, and the trained backbone with ``--save`` (a run-style ``.npz`` that
+``experiments/evaluate.py checkpoint=...`` reads).
 
 examples:
-  python experiments/bench/pretext.py --steps 720 --optimizer adamw client.lr=3e-4 model.head_init_std=0.01
-  python experiments/bench/pretext.py --steps 480 client.lr=0.01 model.head_init_std=0.01
+  python experiments/bench/pretext.py --steps 3200 --threads 2 --save probe.npz   # the synthetic preset's settings
+  python experiments/bench/pretext.py --steps 720 client.optimizer=sgd client.lr=0.01 client.target_scale=1 data.patch_speed=1
 """
 
 from __future__ import annotations

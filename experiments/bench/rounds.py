@@ -2,12 +2,13 @@
 
 For each backbone, the same N rounds of K clients run twice on the same synthetic data: the plain
 loop (one process, all cores' torch threads: the limit on one machine) and the Ray engine (driver
-actor + client actors). Each client runs the ``synthetic`` preset's local training: 4 local epochs
-of its shard every round (``client.local_epochs=4``, batch 4). Reported: steady-state seconds per
-round (rounds 2..N), their ratio, the split of an engine round (critical path: broadcast, clients,
-aggregate, checkpoint hand-off; off it: the writer's head fetch and write), the local steps per
-client and round, and the time from launch to the first round. ``--scaling`` runs 10, 100 and 1000
-total clients (5 per round, small backbone) and reports round time and memory.
+actor + client actors). Each client runs the local training of ``WORKLOAD``: 4 local epochs of
+its shard every round on 16-frame clips (``client.local_epochs=4``, batch 4), SGD, replay.
+Reported: steady-state seconds per round (rounds 2..N), their ratio, the split of an engine
+round (critical path: broadcast, clients, aggregate, checkpoint hand-off; off it: the writer's
+head fetch and write), the local steps per client and round, and the time from launch to the
+first round. ``--scaling`` runs 10, 100 and 1000 total clients (5 per round, small backbone) and
+reports round time and memory.
 
     python experiments/bench/rounds.py                 # both backbones, then nothing else
     python experiments/bench/rounds.py --scaling       # client-count scaling only
@@ -39,11 +40,21 @@ from fedvssl_ray.training.plain import run_plain
 DATA = Path(os.environ.get("FEDVSSL_BENCH_DATA", "data/bench"))
 
 
+# The local work every recorded figure was measured with: the synthetic preset's training as it
+# was before it took the CPU-demo learning settings (16-frame clips, 4 local epochs replayed,
+# SGD on the reference targets, beta 1), pinned so the figures stay reproducible.
+WORKLOAD = [
+    "data.clip_len=16", "client.local_epochs=4", "client.replay=true", "client.optimizer=sgd",
+    "client.lr=0.01", "client.target_scale=1", "data.patch_speed=1", "model.head_init_std=0.001",
+    "strategy.beta=1", "eval.every=5",
+]
+
+
 def bench_config(root: Path, run_dir: Path, backbone: str, rounds: int, clients: int,
                  per_round: int, extra: list[str]) -> Config:
     crop = 64 if backbone == "r3d10_narrow" else 32
     return load_config("synthetic", [
-        f"data.root={root}", f"run_dir={run_dir}", f"rounds={rounds}",
+        *WORKLOAD, f"data.root={root}", f"run_dir={run_dir}", f"rounds={rounds}",
         f"num_clients={clients}", f"clients_per_round={per_round}", f"model.backbone={backbone}",
         f"data.crop_size={crop}", "client.batch_size=4", *extra,
     ])
