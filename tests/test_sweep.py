@@ -107,10 +107,11 @@ def test_automatic_actors_fit_one_trial_in_the_cluster_or_the_sweep_is_refused()
     from fedvssl_ray.config import ConfigError
     from fedvssl_ray.tune import fit_to_cluster
 
-    base = load_config("synthetic")  # 5 clients per round, 0.9 CPU per client actor
+    five = ["num_clients=5", "clients_per_round=5"]
+    base = load_config("synthetic", five)  # 5 clients per round, 0.9 CPU per client actor
     assert fit_to_cluster(base, cpus=2, gpus=0).client.num_actors == 2
     assert fit_to_cluster(base, cpus=16, gpus=0).client.num_actors == 5
-    one_cpu = load_config("synthetic", ["client.num_cpus=1"])
+    one_cpu = load_config("synthetic", [*five, "client.num_cpus=1"])
     assert fit_to_cluster(one_cpu, cpus=2, gpus=0).client.num_actors == 1
     with pytest.raises(ConfigError, match="client.num_actors=3"):
         fit_to_cluster(load_config("synthetic", ["client.num_actors=3"]), cpus=2, gpus=0)
