@@ -26,8 +26,8 @@ import torch
 from fedvssl_ray.checkpoint import save_arrays, save_json_atomic
 from fedvssl_ray.config import load_config
 from fedvssl_ray.data.shards import ClientShards
+from fedvssl_ray.evaluation.weights import backbone_weights
 from fedvssl_ray.models import ctp
-from fedvssl_ray.models.weights import get_weights
 from fedvssl_ray.training.client import seeded_ctp_model
 from fedvssl_ray.training.local import LocalParams, make_optimizer, to_device
 
@@ -51,8 +51,7 @@ def main() -> int:
     model = seeded_ctp_model(cfg)
     model.train()
     c = cfg.client
-    optimizer = make_optimizer(model, LocalParams(c.lr, c.momentum, c.weight_decay,
-                                                  optimizer=c.optimizer))
+    optimizer = make_optimizer(model, LocalParams.from_config(c))
     reports, loss_sum, zero_sum, pred_sum, step, start = [], 0.0, 0.0, 0.0, 0, time.perf_counter()
     epoch = 0
     while step < args.steps:
@@ -85,8 +84,7 @@ def main() -> int:
     if args.out:
         save_json_atomic(args.out, reports)
     if args.save:
-        keys = [k for k in model.state_dict() if k.startswith("backbone.")]
-        save_arrays(args.save, get_weights(model, keys), {"pretext_steps": step})
+        save_arrays(args.save, backbone_weights(model), {"pretext_steps": step})
         print(f"wrote the backbone after {step} steps to {args.save}")
     return 0
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, load_arrays
 from ..config import Config
-from ..models import BACKBONES, Weights, build_backbone, build_ctp_model, get_weights
+from ..models import BACKBONES, CtpModel, Weights, build_backbone, build_ctp_model, get_weights
 
 PREFIX = "backbone."
 
@@ -109,11 +109,16 @@ def _load_native(path: Path) -> tuple[Weights, dict]:
         ) from None
 
 
+def backbone_weights(model: CtpModel) -> Weights:
+    """The ``backbone.*`` entries of a CtP model, as a checkpoint holds them."""
+    return get_weights(model, [k for k in model.state_dict() if k.startswith(PREFIX)])
+
+
 def initial_backbone_weights(cfg: Config) -> Weights:
     """The seeded random-init backbone (the round-0 global of a run with this config)."""
-    model = build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
-    keys = [k for k in model.state_dict() if k.startswith(PREFIX)]
-    return get_weights(model, keys)
+    return backbone_weights(
+        build_ctp_model(cfg.model.backbone, num_frames=cfg.data.clip_len, seed=cfg.seed)
+    )
 
 
 CLS_PREFIX = "cls_head."

@@ -88,10 +88,7 @@ class ClientWorker:
         self.heads: OrderedDict[int, tuple[int, Weights]] = OrderedDict()
         self.streams: OrderedDict[int, ClientStream] = OrderedDict()
         self.bad_videos: dict[int, set[str]] = {}  # of evicted streams, excluded when rebuilt
-        c = cfg.client
-        self.params = LocalParams(
-            c.lr, c.momentum, c.weight_decay, c.grad_clip, c.optimizer, c.target_scale
-        )
+        self.params = LocalParams.from_config(cfg.client)
 
     def train(
         self,

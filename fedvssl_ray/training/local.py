@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from ..config import ClientConfig
 from ..data.device_augment import Batch, DecodedBatch, augment_ctp_batch
 from ..models import CtpModel, ctp_loss, make_rois
 from .precision import FP32, Precision, scaled_step
@@ -35,6 +36,12 @@ class LocalParams:
     grad_clip: float = 40.0  # max global L2 norm; 0 disables clipping
     optimizer: Literal["sgd", "adamw"] = "sgd"
     target_scale: float = 1.0
+
+    @classmethod
+    def from_config(cls, client: ClientConfig) -> LocalParams:
+        """The ``client.*`` keys that shape a local round."""
+        return cls(client.lr, client.momentum, client.weight_decay, client.grad_clip,
+                   client.optimizer, client.target_scale)
 
 
 @dataclass(frozen=True)
