@@ -88,8 +88,8 @@ def sample_trajectories(
 ) -> np.ndarray:
     """Integer boxes ``[N, T, 4]`` from the initial centres/sizes: key-frame random walks.
 
-    Centres move by U(-3D, 3D) per key gap D (times ``speed``; 1 is the reference), clipped so that a box of the INITIAL size stays
-    inside; sizes walk by exp(U(-0.025D, 0.025D)) unclipped. Both are interpolated with random
+    Centres move by U(-3D, 3D) per key gap D (times ``speed``; 1 is the reference), clipped so
+    that a box of the INITIAL size stays inside; sizes walk by exp(U(-0.025D, 0.025D)) unclipped. Both are interpolated with random
     profiles, then boxes are clipped, rounded half to even and clipped again.
     """
     velocity = speed * LOCATION_VELOCITY * min(height, width) / REFERENCE_SIZE
