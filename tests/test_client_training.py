@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from videos import video_record
 
 from fedvssl_ray.config import Config, load_config
 from fedvssl_ray.data import decode
-from fedvssl_ray.data.manifest import VideoRecord
 from fedvssl_ray.data.pipeline import ClipStream, ShardCache
 from fedvssl_ray.data.shards import ShardStreams
 from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
@@ -456,10 +456,7 @@ def test_patch_speed_scales_how_far_the_patches_move(tiny_videos) -> None:
     """``data.patch_speed`` (through load_config and a run's client stream): 0 keeps every patch
     centre where it starts; 3 moves them farther than the reference speed."""
     root = Path(tiny_videos[0][1]).parent
-    records = tuple(
-        VideoRecord(vid, Path(path).name, 0, "c", 24, 25.0, 64, 48, "mpeg4", 0)
-        for vid, path in tiny_videos
-    )
+    records = tuple(video_record(vid, 24) for vid, _ in tiny_videos)
 
     def mean_travel(speed: str) -> float:
         stream = ShardStreams((records,), root, tiny_config(f"data.patch_speed={speed}"))(0)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from videos import synthetic_shard, video_record
 
 from fedvssl_ray.config import ConfigError, load_config, override
 from fedvssl_ray.data import decode
 from fedvssl_ray.data.manifest import VideoRecord
 from fedvssl_ray.data.shards import ShardStreams, decode_workers
-from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
 from fedvssl_ray.training.client import round_batches
 
 USER_KEYS = [
@@ -24,17 +24,9 @@ USER_KEYS = [
 def shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[VideoRecord, ...]]:
     """Six tiny AVIs and one file of garbage, as manifest records under one root."""
     root = tmp_path_factory.mktemp("decode-workers")
-    spec = SyntheticSpec(frames=30, width=64, height=48)
-    names = []
-    for i in range(6):
-        encode_video(root / f"v{i}.avi", render_video(spec, i % 4, i), gop=12)
-        names.append(f"v{i}")
+    records = synthetic_shard(root, 6, frames=30)
     (root / "corrupt.avi").write_bytes(b"RIFF" + bytes(range(256)) * 8)
-    names.append("corrupt")
-    records = tuple(
-        VideoRecord(name, f"{name}.avi", 0, "c", 30, 25.0, 64, 48, "mpeg4", 0) for name in names
-    )
-    return root, records
+    return root, (*records, video_record("corrupt", 30))
 
 
 def test_decode_workers_give_the_in_process_batches_with_a_bad_video(

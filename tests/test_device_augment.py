@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from videos import synthetic_shard
 
 from fedvssl_ray.config import ConfigError, load_config
 from fedvssl_ray.data import decode, transforms
@@ -29,7 +30,6 @@ from fedvssl_ray.data.device_augment import (
 )
 from fedvssl_ray.data.manifest import VideoRecord
 from fedvssl_ray.data.shards import ShardStreams
-from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
 from fedvssl_ray.data.transforms import CtpTrainPreset, resize_clip, to_planar
 from fedvssl_ray.training import local
 from fedvssl_ray.training.client import ClientWorker, round_batches
@@ -156,15 +156,7 @@ USER_KEYS = [
 def shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[VideoRecord, ...]]:
     """Eight tiny AVIs of three frame sizes (one portrait), as manifest records under one root."""
     root = tmp_path_factory.mktemp("augment-on")
-    sizes = ((64, 48), (48, 64), (80, 60))
-    records = []
-    for i in range(8):
-        width, height = sizes[i % 3]
-        spec = SyntheticSpec(frames=24, width=width, height=height)
-        encode_video(root / f"v{i}.avi", render_video(spec, i % 4, i), gop=12)
-        record = VideoRecord(f"v{i}", f"v{i}.avi", 0, "c", 24, 25.0, width, height, "mpeg4", 0)
-        records.append(record)
-    return root, tuple(records)
+    return root, tuple(synthetic_shard(root, 8, frames=24, sizes=((64, 48), (48, 64), (80, 60))))
 
 
 def stream_batches(shard, *keys: str) -> list:

@@ -10,7 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from fedvssl_ray.data.synthetic import encode_video
+from fedvssl_ray.data.manifest import VideoRecord
+from fedvssl_ray.data.synthetic import SyntheticSpec, encode_video, render_video
 
 
 def pattern_frames(n: int, width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
@@ -40,6 +41,25 @@ def write_video(
     """Encode ``n`` pattern frames into ``path`` (container from the suffix)."""
     frames = pattern_frames(n, width, height, seed=seed)
     return encode_video(path, frames, codec=codec, gop=gop, options=options)
+
+
+def video_record(name: str, frames: int, width: int = 64, height: int = 48) -> VideoRecord:
+    """The manifest record of ``<root>/<name>.avi`` (class 0, 25 fps, MPEG-4)."""
+    return VideoRecord(name, f"{name}.avi", 0, "c", frames, 25.0, width, height, "mpeg4", 0)
+
+
+def synthetic_shard(
+    root: Path, count: int, frames: int, sizes: tuple[tuple[int, int], ...] = ((64, 48),)
+) -> list[VideoRecord]:
+    """``count`` tiny synthetic AVIs ``v0..`` under ``root`` (video i of class i % 4, frame
+    sizes cycling through ``sizes``), as manifest records."""
+    records = []
+    for i in range(count):
+        width, height = sizes[i % len(sizes)]
+        spec = SyntheticSpec(frames=frames, width=width, height=height)
+        encode_video(root / f"v{i}.avi", render_video(spec, i % 4, i), gop=12)
+        records.append(video_record(f"v{i}", frames, width, height))
+    return records
 
 
 def remux(src: Path, dst: Path, options: dict[str, str]) -> Path:
